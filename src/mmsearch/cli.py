@@ -1,0 +1,269 @@
+"""The ``mmsearch`` command: parse, call the library, present. No search logic lives here."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from mmsearch import demo as demo_module
+from mmsearch.config import IndexType, Language, Metric, Settings, load_settings
+from mmsearch.engine import MMSearch
+from mmsearch.ingest import IngestReport, SourceError
+from mmsearch.providers import ProviderError
+from mmsearch.search import Mode, QueryError
+from mmsearch.store import Hit, StoreError
+
+app = typer.Typer(
+    help="Search image collections by text and by image (Milvus + vision/text models).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+_USER_ERRORS = (StoreError, QueryError, SourceError, ProviderError)
+
+
+class _State:
+    overrides: dict[str, Any] = {}
+    debug: bool = False
+
+
+def _settings(**more: Any) -> Settings:
+    return load_settings(**{**_State.overrides, **more})
+
+
+def _fail(exc: BaseException) -> None:
+    if _State.debug:
+        raise exc
+    err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+    raise typer.Exit(1)
+
+
+@app.callback()
+def main(
+    uri: Annotated[str | None, typer.Option(help="Milvus Lite file or server URI.")] = None,
+    collection: Annotated[str | None, typer.Option(help="Collection name.")] = None,
+    provider: Annotated[str | None, typer.Option(help="Provider for vectors and text.")] = None,
+    embedder: Annotated[str | None, typer.Option(help="Embedder (overrides --provider).")] = None,
+    describer: Annotated[str | None, typer.Option(help="Describer (overrides --provider).")] = None,
+    lang: Annotated[Language | None, typer.Option(help="Description language.")] = None,
+    index_type: Annotated[IndexType | None, typer.Option(help="Vector index type.")] = None,
+    metric: Annotated[Metric | None, typer.Option(help="Similarity metric.")] = None,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks and debug logs.")] = False,
+) -> None:
+    """Options here apply to every command and override MMSEARCH_* and mmsearch.toml."""
+    _State.overrides = {
+        "uri": uri,
+        "collection": collection,
+        "provider": provider,
+        "embedder": embedder,
+        "describer": describer,
+        "language": lang,
+        "index_type": index_type,
+        "metric": metric,
+    }
+    _State.debug = debug
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _run_index(mm: MMSearch, source: Path, limit: int | None, quiet: bool) -> IngestReport:
+    with Progress(
+        TextColumn("[bold]indexing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        disable=quiet,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("index", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return mm.index(source, limit=limit, progress=progress)
+
+
+def _report_dict(report: IngestReport) -> dict[str, Any]:
+    return {
+        "total": report.total,
+        "indexed": report.indexed,
+        "unchanged": report.unchanged,
+        "failed": [{"path": p, "reason": r} for p, r in report.failed],
+        "seconds": round(report.seconds, 3),
+        "images_per_second": round(report.images_per_second, 2),
+    }
+
+
+def _print_report(report: IngestReport) -> None:
+    console.print(
+        f"[bold green]{report.indexed}[/] indexed, {report.unchanged} unchanged, "
+        f"[bold {'red' if report.failed else 'green'}]{len(report.failed)}[/] failed "
+        f"of {report.total} in {report.seconds:.1f} s ({report.images_per_second:.1f} images/s)"
+    )
+    if report.failed:
+        table = Table("skipped file", "reason", title="Skipped files", title_justify="left")
+        for path, reason in report.failed:
+            table.add_row(path, reason)
+        console.print(table)
+
+
+@app.command()
+def index(
+    path: Annotated[
+        Path, typer.Argument(help="A folder (recursive), a CSV (id,path,label) or an image.")
+    ],
+    limit: Annotated[int | None, typer.Option(help="Index only the first N images.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per batch.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Describe, embed and store images. Unchanged files already indexed are skipped."""
+    try:
+        with MMSearch(settings=_settings(batch_size=batch_size)) as mm:
+            report = _run_index(mm, path, limit, quiet=as_json)
+    except _USER_ERRORS as exc:
+        _fail(exc)
+        return
+    if as_json:
+        print(json.dumps(_report_dict(report), ensure_ascii=False, indent=2))
+    else:
+        _print_report(report)
+
+
+def _hits_table(hits: list[Hit], title: str) -> Table:
+    table = Table("#", "score", "label", "description", "origin", title=title, title_justify="left")
+    for rank, hit in enumerate(hits, 1):
+        table.add_row(str(rank), f"{hit.score:.3f}", hit.label, hit.description, hit.origin)
+    return table
+
+
+def _hit_dict(hit: Hit) -> dict[str, Any]:
+    return asdict(hit)
+
+
+@app.command()
+def search(
+    query: Annotated[str | None, typer.Argument(help="Text query, e.g. 棕色的狗.")] = None,
+    image: Annotated[Path | None, typer.Option(help="Image file to search with.")] = None,
+    mode: Annotated[Mode | None, typer.Option(help="Search mode.")] = None,
+    k: Annotated[int, typer.Option("-k", "--k", help="Number of results.")] = 10,
+    filter: Annotated[str, typer.Option(help='Milvus filter, e.g. label == "lion".')] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
+) -> None:
+    """Search by text (text2image, text2text) or by --image (image2image, image2text)."""
+    if (query is None) == (image is None):
+        _fail(QueryError("give either a text query or --image FILE"))
+        return
+    if mode is None:
+        mode = Mode.image2image if image is not None else Mode.text2image
+    if mode.takes_image != (image is not None):
+        need = "--image FILE" if mode.takes_image else "a text query"
+        _fail(QueryError(f"mode {mode.value} needs {need}"))
+        return
+    try:
+        with MMSearch(settings=_settings()) as mm:
+            hits = mm.search(image if image is not None else query, mode=mode, k=k, filter=filter)
+    except _USER_ERRORS as exc:
+        _fail(exc)
+        return
+    if as_json:
+        print(json.dumps([_hit_dict(h) for h in hits], ensure_ascii=False, indent=2))
+    else:
+        console.print(_hits_table(hits, f"{mode.value}: {query if query is not None else image}"))
+
+
+@app.command()
+def stats(
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """How many images are indexed, and by which provider and index."""
+    try:
+        with MMSearch(settings=_settings()) as mm:
+            info = mm.stats()
+    except _USER_ERRORS as exc:
+        _fail(exc)
+        return
+    if as_json:
+        print(json.dumps(info, ensure_ascii=False, indent=2))
+        return
+    table = Table("key", "value", show_header=False)
+    for key, value in info.items():
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+@app.command()
+def drop(
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete the collection (the images on disk are not touched)."""
+    settings = _settings()
+    if not yes:
+        typer.confirm(f"Delete collection {settings.collection!r} at {settings.uri!r}?", abort=True)
+    try:
+        with MMSearch(settings=settings) as mm:
+            existed = mm.store.drop()
+    except _USER_ERRORS as exc:
+        _fail(exc)
+        return
+    console.print("deleted" if existed else "nothing to delete")
+
+
+@app.command()
+def demo(
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Folder or CSV to index instead of scikit-image's sample photos."),
+    ] = None,
+    query_image: Annotated[Path | None, typer.Option(help="Image for the image searches.")] = None,
+    text: Annotated[str, typer.Option(help="Text for the text searches.")] = "棕色的狗",
+    k: Annotated[int, typer.Option("-k", "--k", help="Results per search.")] = 3,
+) -> None:
+    """Index real photos and run the reference's four searches. Works offline.
+
+    Uses a throwaway database unless --uri is given.
+    """
+    overrides = {}
+    tmp = None
+    if _State.overrides.get("uri") is None:
+        tmp = tempfile.TemporaryDirectory(prefix="mmsearch-demo-")
+        overrides["uri"] = str(Path(tmp.name) / "demo.db")
+    try:
+        source = data if data is not None else demo_module.sample_photos()
+        with MMSearch(settings=_settings(**overrides)) as mm:
+            console.print(f"[bold]Indexing[/] {source if data else 'scikit-image sample photos'}")
+            report = _run_index(mm, source, None, quiet=False)
+            _print_report(report)
+            q_image = query_image or demo_module.default_query_image(data)
+            for mode, query in (
+                (Mode.text2image, text),
+                (Mode.text2text, text),
+                (Mode.image2image, q_image),
+                (Mode.image2text, q_image),
+            ):
+                hits = mm.search(query, mode=mode, k=k)
+                console.print(_hits_table(hits, f"{mode.value}: {query}"))
+    except _USER_ERRORS as exc:
+        _fail(exc)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,139 @@
+"""Settings in one place.
+
+Precedence, highest first: explicit arguments (CLI flags, ``Settings(...)``), environment
+variables ``MMSEARCH_*``, ``./mmsearch.toml`` (or the file named by ``MMSEARCH_CONFIG``),
+then the defaults below. Every other module takes a ``Settings`` object instead of reading
+the environment itself, so a test or a notebook can build one and know exactly what runs.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class IndexType(StrEnum):
+    HNSW = "HNSW"
+    IVF_FLAT = "IVF_FLAT"
+    FLAT = "FLAT"
+
+
+class Metric(StrEnum):
+    COSINE = "COSINE"
+    L2 = "L2"
+    IP = "IP"
+
+
+class Language(StrEnum):
+    zh = "zh"
+    en = "en"
+
+
+#: Index build parameters per index type; used unless ``index_params`` overrides them.
+DEFAULT_INDEX_PARAMS: dict[IndexType, dict[str, Any]] = {
+    IndexType.HNSW: {"M": 16, "efConstruction": 200},
+    IndexType.IVF_FLAT: {"nlist": 128},
+    IndexType.FLAT: {},
+}
+
+#: Search-time parameters per index type; used unless ``search_params`` overrides them.
+DEFAULT_SEARCH_PARAMS: dict[IndexType, dict[str, Any]] = {
+    IndexType.HNSW: {"ef": 128},
+    IndexType.IVF_FLAT: {"nprobe": 32},
+    IndexType.FLAT: {},
+}
+
+
+def _config_file() -> Path:
+    return Path(os.environ.get("MMSEARCH_CONFIG", "mmsearch.toml"))
+
+
+class Settings(BaseSettings):
+    """Everything a user can configure; see the README's configuration table."""
+
+    model_config = SettingsConfigDict(env_prefix="MMSEARCH_", extra="ignore")
+
+    uri: str = Field(
+        "./mmsearch.db",
+        description="Milvus Lite file path, or a Milvus server URI such as http://host:19530.",
+    )
+    token: SecretStr | None = Field(None, description="Milvus server token (user:password).")
+    collection: str = Field("mmsearch", description="Collection name.")
+    index_type: IndexType = Field(IndexType.HNSW, description="Vector index: HNSW, IVF_FLAT, FLAT.")
+    index_params: dict[str, Any] = Field(
+        default_factory=dict, description="Index build parameters (default per index type)."
+    )
+    search_params: dict[str, Any] = Field(
+        default_factory=dict, description="Search parameters (default per index type)."
+    )
+    metric: Metric = Field(Metric.COSINE, description="Similarity metric: COSINE, L2 or IP.")
+    provider: str = Field("offline", description="Provider for both embedder and describer.")
+    embedder: str | None = Field(None, description="Embedder provider (overrides provider).")
+    describer: str | None = Field(None, description="Describer provider (overrides provider).")
+    language: Language = Field(Language.zh, description="Language of descriptions: zh or en.")
+    batch_size: int = Field(32, ge=1, le=4096, description="Images per ingest batch.")
+    workers: int = Field(
+        max(1, min(8, os.cpu_count() or 1)), ge=1, description="Threads decoding images."
+    )
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "mmsearch",
+        description="Where derived model data (class-name embeddings) is cached.",
+    )
+    max_image_pixels: int = Field(
+        89_478_485,
+        ge=1,
+        description="Images with more pixels are refused as decompression bombs.",
+    )
+
+    @field_validator("index_type", "metric", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @property
+    def embedder_name(self) -> str:
+        return self.embedder or self.provider
+
+    @property
+    def describer_name(self) -> str:
+        return self.describer or self.provider
+
+    @property
+    def effective_index_params(self) -> dict[str, Any]:
+        return {**DEFAULT_INDEX_PARAMS[self.index_type], **self.index_params}
+
+    @property
+    def effective_search_params(self) -> dict[str, Any]:
+        return {**DEFAULT_SEARCH_PARAMS[self.index_type], **self.search_params}
+
+    @property
+    def is_lite(self) -> bool:
+        """True when ``uri`` names a local Milvus Lite file rather than a server."""
+        return not self.uri.startswith(("http://", "https://", "tcp://", "grpc://", "unix:"))
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=_config_file())
+        return (init_settings, env_settings, toml)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings, dropping overrides that are ``None`` (flags the user did not give)."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,99 @@
+"""``MMSearch``: the Python API a notebook user calls in three lines.
+
+    from mmsearch import MMSearch
+    mm = MMSearch("photos.db")
+    mm.index("~/Pictures"); mm.search("棕色的狗")
+
+It only wires settings, store, providers, ingest and search together; the CLI and the HTTP
+API use it too, so all three behave the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from mmsearch.config import Settings, load_settings
+from mmsearch.ingest import Ingestor, IngestReport, ProgressCallback, SourceItem
+from mmsearch.providers import Describer, Embedder, get_describer, get_embedder
+from mmsearch.search import Mode, Searcher
+from mmsearch.store import Hit, Item, Store
+
+
+class MMSearch:
+    """Index and search one collection. Arguments override settings (see ``Settings``)."""
+
+    def __init__(
+        self, uri: str | None = None, *, settings: Settings | None = None, **overrides: Any
+    ):
+        if settings is None:
+            settings = load_settings(uri=uri, **overrides)
+        elif uri is not None or overrides:
+            settings = settings.model_copy(update={"uri": uri or settings.uri, **overrides})
+        self.settings = settings
+        self.store = Store(settings)
+
+    @cached_property
+    def embedder(self) -> Embedder:
+        return get_embedder(self.settings)
+
+    @cached_property
+    def describer(self) -> Describer:
+        return get_describer(self.settings)
+
+    @cached_property
+    def searcher(self) -> Searcher:
+        return Searcher(self.settings, store=self.store, embedder=self.embedder)
+
+    def index(
+        self,
+        source: str | Path | Sequence[SourceItem],
+        *,
+        limit: int | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> IngestReport:
+        """Index a folder (recursively), a CSV (``id,path,label``) or one image."""
+        ingestor = Ingestor(
+            self.settings, store=self.store, embedder=self.embedder, describer=self.describer
+        )
+        if isinstance(source, str | Path):
+            source = Path(source).expanduser()
+        report = ingestor.run(source, limit=limit, progress=progress)
+        self.__dict__.pop("searcher", None)  # the collection may have just been created
+        return report
+
+    def search(
+        self,
+        query: str | Path | Image.Image,
+        *,
+        mode: Mode | str | None = None,
+        k: int = 10,
+        filter: str = "",
+    ) -> list[Hit]:
+        """Search; the mode defaults to text2image for text and image2image for images."""
+        if mode is None:
+            mode = Mode.text2image if isinstance(query, str) else Mode.image2image
+        return self.searcher.search(query, mode=mode, k=k, filter=filter)
+
+    def more_like_this(self, item_id: str, *, k: int = 10) -> list[Hit]:
+        return self.searcher.more_like_this(item_id, k=k)
+
+    def get(self, item_id: str) -> Item | None:
+        items = self.store.items([item_id])
+        return items[0] if items else None
+
+    def stats(self) -> dict[str, Any]:
+        return self.store.stats()
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> MMSearch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,251 @@
+"""Ingest: sources (folder, CSV) -> read + hash -> decode -> describe -> embed -> upsert.
+
+Shaped as reader -> mapper -> writer (as clip-retrieval does) so that the batches could be
+handed to another executor later without touching models or store. Decoding runs in a
+thread pool one batch ahead of the model. A file that cannot be read or decoded is skipped
+and reported; the run goes on. Each file has a stable id (from its absolute path) and a
+content hash, so a rerun skips what is already indexed and unchanged, replaces what
+changed, and never duplicates anything, whether the last run finished or was killed.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmsearch.config import Settings
+from mmsearch.images import (
+    IMAGE_SUFFIXES,
+    ImageError,
+    LoadedImage,
+    decode_image,
+    hash_bytes,
+    read_file,
+)
+from mmsearch.providers import Describer, Embedder, get_describer, get_embedder
+from mmsearch.store import Item, Row, Store
+
+log = logging.getLogger(__name__)
+
+
+class SourceError(ValueError):
+    """The thing to index is not a folder, a CSV or an image; the message says which."""
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One file to index and the label it came with (folder name or CSV column)."""
+
+    path: Path
+    label: str = ""
+
+
+@dataclass
+class IngestReport:
+    """What a run did; ``failed`` lists (path, one-line reason) for every skipped file."""
+
+    total: int = 0
+    indexed: int = 0
+    unchanged: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.indexed / self.seconds if self.seconds > 0 else 0.0
+
+
+def item_id(path: Path) -> str:
+    """Stable id of a file: the same absolute path always maps to the same row."""
+    return hashlib.blake2b(str(path.resolve()).encode("utf-8"), digest_size=12).hexdigest()
+
+
+# -- sources ----------------------------------------------------------------------------------
+
+
+def iter_folder(root: Path) -> Iterator[SourceItem]:
+    """Image files under ``root``, recursively, in a stable order; label = parent folder.
+
+    Symbolic links to folders are not followed, so a link loop cannot trap the walk.
+    """
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                yield SourceItem(path, path.parent.name if path.parent != root else root.name)
+
+
+def iter_csv(csv_path: Path) -> Iterator[SourceItem]:
+    """Rows of a CSV in the reference format ``id,path,label`` (paths relative to the CSV)."""
+    with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or "path" not in reader.fieldnames:
+            raise SourceError(
+                f"{csv_path}: a CSV source needs a 'path' column (reference format: id,path,label)"
+            )
+        for row in reader:
+            raw = (row.get("path") or "").strip()
+            if not raw:
+                continue
+            path = Path(raw)
+            if not path.is_absolute():
+                path = csv_path.parent / path
+            yield SourceItem(Path(os.path.normpath(path)), (row.get("label") or "").strip())
+
+
+def iter_source(source: Path) -> Iterator[SourceItem]:
+    """A folder, a CSV file, or one image file."""
+    source = Path(source)
+    if source.is_dir():
+        return iter_folder(source)
+    if not source.exists():
+        raise SourceError(f"{source}: no such file or folder")
+    if source.suffix.lower() == ".csv":
+        return iter_csv(source)
+    if source.suffix.lower() in IMAGE_SUFFIXES:
+        return iter([SourceItem(source, source.parent.name)])
+    raise SourceError(f"{source}: not a folder, a .csv file or an image")
+
+
+# -- the pipeline -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Prepared:
+    source: SourceItem
+    id: str
+    image: LoadedImage | None = None
+    error: str | None = None
+    unchanged: bool = False
+
+
+ProgressCallback = Callable[[int, int], None]
+
+
+class Ingestor:
+    """Indexes sources into a store with an embedder and a describer."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Store | None = None,
+        embedder: Embedder | None = None,
+        describer: Describer | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store or Store(settings)
+        self.embedder = embedder or get_embedder(settings)
+        self.describer = describer or get_describer(settings)
+
+    def run(
+        self,
+        source: Path | Sequence[SourceItem],
+        *,
+        limit: int | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> IngestReport:
+        items = list(iter_source(source) if isinstance(source, (str, Path)) else source)
+        if limit is not None:
+            items = items[:limit]
+        self.store.open(
+            embedder=self.embedder.name,
+            dim=self.embedder.dim,
+            feature_dim=self.embedder.feature_dim,
+            extra_meta={"describer": self.describer.name},
+        )
+        report = IngestReport(total=len(items))
+        started = time.perf_counter()
+        bs = self.settings.batch_size
+        batches = [items[i : i + bs] for i in range(0, len(items), bs)]
+        done = 0
+        with ThreadPoolExecutor(max_workers=self.settings.workers) as pool:
+            pending = self._prepare(pool, batches[0]) if batches else None
+            for index in range(len(batches)):
+                assert pending is not None
+                current = [f.result() for f in pending]
+                # Decode the next batch while the model works on this one.
+                pending = (
+                    self._prepare(pool, batches[index + 1]) if index + 1 < len(batches) else None
+                )
+                self._process(current, report)
+                done += len(current)
+                if progress:
+                    progress(done, len(items))
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _prepare(
+        self, pool: ThreadPoolExecutor, batch: list[SourceItem]
+    ) -> list[Future[_Prepared]]:
+        ids = [item_id(s.path) for s in batch]
+        known = self.store.content_hashes(ids)
+        return [
+            pool.submit(self._load, s, i, known.get(i)) for s, i in zip(batch, ids, strict=True)
+        ]
+
+    def _load(self, source: SourceItem, id_: str, known_hash: str | None) -> _Prepared:
+        prepared = _Prepared(source, id_)
+        try:
+            data = read_file(source.path)
+        except ImageError as exc:
+            prepared.error = str(exc)
+            return prepared
+        content_hash = hash_bytes(data)
+        if content_hash == known_hash:
+            prepared.unchanged = True
+            return prepared
+        try:
+            img, width, height = decode_image(data, max_pixels=self.settings.max_image_pixels)
+        except ImageError as exc:
+            prepared.error = str(exc)
+            return prepared
+        prepared.image = LoadedImage(source.path, content_hash, width, height, img)
+        return prepared
+
+    def _process(self, batch: list[_Prepared], report: IngestReport) -> None:
+        ready = []
+        for p in batch:
+            if p.unchanged:
+                report.unchanged += 1
+            elif p.error is not None:
+                report.failed.append((str(p.source.path), p.error))
+                log.warning("skipped %s: %s", p.source.path, p.error)
+            else:
+                ready.append(p)
+        if not ready:
+            return
+        rows = self._rows(ready)
+        report.indexed += self.store.upsert(rows)
+
+    def _rows(self, ready: list[_Prepared]) -> list[Row]:
+        images = [p.image.image for p in ready if p.image]
+        vectors = self.embedder.embed_images(images)
+        descriptions = self.describer.describe(images)
+        text_vectors = self.embedder.embed_texts([d.text for d in descriptions], query=False)
+        now = int(time.time())
+        rows = []
+        for n, (p, desc) in enumerate(zip(ready, descriptions, strict=True)):
+            assert p.image is not None
+            item = Item(
+                id=p.id,
+                origin=str(p.source.path.resolve()),
+                label=p.source.label,
+                description=desc.text,
+                keywords=desc.keywords,
+                content_hash=p.image.content_hash,
+                width=p.image.width,
+                height=p.image.height,
+                indexed_at=now,
+            )
+            features = vectors.features[n] if vectors.features is not None else None
+            rows.append(Row(item, vectors.shared[n], text_vectors[n], features))
+        return rows

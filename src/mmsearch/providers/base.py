@@ -1,0 +1,133 @@
+"""The two provider protocols and the registry that maps names to implementations.
+
+Providers know nothing of Milvus: they turn images and texts into descriptions and vectors.
+An embedder puts images and texts into one shared space, so any of the four search modes
+is a nearest-neighbour search between two of its outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+if TYPE_CHECKING:
+    from mmsearch.config import Settings
+
+
+class ProviderError(RuntimeError):
+    """A provider could not be created or could not answer; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Description:
+    """What a describer says about one image."""
+
+    text: str
+    keywords: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ImageVectors:
+    """An embedder's output for a batch of images.
+
+    ``shared`` lives in the image/text space (``dim`` wide) and serves text->image and
+    image->text. ``features`` is optional: an image-only space that some models do better
+    image->image search in (``feature_dim`` wide), or ``None``.
+    """
+
+    shared: np.ndarray
+    features: np.ndarray | None = None
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Images and texts into one space; rows are L2-normalised float32."""
+
+    name: str
+    dim: int
+    feature_dim: int  # 0 when the embedder has no separate image->image features
+
+    def embed_images(self, images: Sequence[Image.Image]) -> ImageVectors: ...
+
+    def embed_texts(self, texts: Sequence[str], *, query: bool) -> np.ndarray:
+        """``query`` marks search queries, for models that embed queries and documents apart."""
+        ...
+
+
+@runtime_checkable
+class Describer(Protocol):
+    """Image to a short description and keywords, in the configured language."""
+
+    name: str
+
+    def describe(self, images: Sequence[Image.Image]) -> list[Description]: ...
+
+
+EmbedderFactory = Callable[["Settings"], Embedder]
+DescriberFactory = Callable[["Settings"], Describer]
+
+_EMBEDDERS: dict[str, EmbedderFactory] = {}
+_DESCRIBERS: dict[str, DescriberFactory] = {}
+
+
+def register_embedder(name: str) -> Callable[[EmbedderFactory], EmbedderFactory]:
+    def deco(factory: EmbedderFactory) -> EmbedderFactory:
+        _EMBEDDERS[name] = factory
+        return factory
+
+    return deco
+
+
+def register_describer(name: str) -> Callable[[DescriberFactory], DescriberFactory]:
+    def deco(factory: DescriberFactory) -> DescriberFactory:
+        _DESCRIBERS[name] = factory
+        return factory
+
+    return deco
+
+
+def _ensure_builtin() -> None:
+    # Imported here, not at module top, so that importing the protocols stays cheap and
+    # a provider with heavy dependencies is only imported when asked for.
+    from mmsearch.providers import offline  # noqa: F401
+
+
+def available_embedders() -> list[str]:
+    _ensure_builtin()
+    return sorted(_EMBEDDERS)
+
+
+def available_describers() -> list[str]:
+    _ensure_builtin()
+    return sorted(_DESCRIBERS)
+
+
+def get_embedder(settings: Settings) -> Embedder:
+    _ensure_builtin()
+    name = settings.embedder_name
+    if name not in _EMBEDDERS:
+        raise ProviderError(
+            f"unknown embedder {name!r}; available: {', '.join(available_embedders())}"
+        )
+    return _EMBEDDERS[name](settings)
+
+
+def get_describer(settings: Settings) -> Describer:
+    _ensure_builtin()
+    name = settings.describer_name
+    if name not in _DESCRIBERS:
+        raise ProviderError(
+            f"unknown describer {name!r}; available: {', '.join(available_describers())}"
+        )
+    return _DESCRIBERS[name](settings)
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Row-wise L2 normalisation, safe for all-zero rows."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)

@@ -1,0 +1,114 @@
+"""The four search modes: a query (text or image) in, ranked hits out.
+
+Mode names are the same everywhere (CLI, API, Python, docs):
+
+- ``text2image``: a text against the images' vectors (``image_embedding``);
+- ``text2text``: a text against the descriptions' vectors (``text_embedding``);
+- ``image2image``: an image against the images (``image_feature`` when the embedder has an
+  image-only space, else ``image_embedding``);
+- ``image2text``: an image against the descriptions (``text_embedding``).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from mmsearch.config import Settings
+from mmsearch.images import ImageError, decode_image, read_file
+from mmsearch.providers import Embedder, get_embedder
+from mmsearch.store import FEATURE_FIELD, IMAGE_FIELD, TEXT_FIELD, Hit, Store
+
+
+class Mode(StrEnum):
+    text2image = "text2image"
+    text2text = "text2text"
+    image2image = "image2image"
+    image2text = "image2text"
+
+    @property
+    def takes_image(self) -> bool:
+        return self in (Mode.image2image, Mode.image2text)
+
+
+class QueryError(ValueError):
+    """The query cannot be run as given (empty text, unreadable image, wrong mode)."""
+
+
+MAX_K = 1000
+
+
+class Searcher:
+    """Runs queries against one collection with the embedder that built it."""
+
+    def __init__(
+        self, settings: Settings, *, store: Store | None = None, embedder: Embedder | None = None
+    ) -> None:
+        self.settings = settings
+        self.store = store or Store(settings)
+        self.embedder = embedder or get_embedder(settings)
+        meta = self.store.open(embedder=self.embedder.name, dim=self.embedder.dim, create=False)
+        self.has_features = bool(meta.get("feature_dim")) and self.embedder.feature_dim > 0
+
+    def search(
+        self,
+        query: str | Path | Image.Image,
+        *,
+        mode: Mode | str,
+        k: int = 10,
+        filter: str = "",
+    ) -> list[Hit]:
+        """One query. ``query`` is a text for text modes, an image or its path for image modes."""
+        mode = Mode(mode)
+        if not 1 <= k <= MAX_K:
+            raise QueryError(f"k must be between 1 and {MAX_K}, got {k}")
+        if mode.takes_image:
+            image = self._as_image(query)
+            return self.search_image(image, mode=mode, k=k, filter=filter)
+        if not isinstance(query, str):
+            raise QueryError(f"mode {mode.value} takes a text query")
+        return self.search_text(query, mode=mode, k=k, filter=filter)
+
+    def search_text(self, text: str, *, mode: Mode, k: int, filter: str = "") -> list[Hit]:
+        text = text.strip()
+        if not text:
+            raise QueryError("the text query is empty")
+        vector = self.embedder.embed_texts([text], query=True)
+        field = IMAGE_FIELD if mode is Mode.text2image else TEXT_FIELD
+        return self.store.search(vector, field=field, k=k, filter=filter)[0]
+
+    def search_image(
+        self, image: Image.Image, *, mode: Mode, k: int, filter: str = ""
+    ) -> list[Hit]:
+        vectors = self.embedder.embed_images([image])
+        if mode is Mode.image2image and self.has_features and vectors.features is not None:
+            vector, field = vectors.features, FEATURE_FIELD
+        elif mode is Mode.image2image:
+            vector, field = vectors.shared, IMAGE_FIELD
+        else:
+            vector, field = vectors.shared, TEXT_FIELD
+        return self.store.search(vector, field=field, k=k, filter=filter)[0]
+
+    def more_like_this(self, item_id: str, *, k: int = 10, filter: str = "") -> list[Hit]:
+        """Images like an indexed item, by its stored vector (no model call)."""
+        records = self.store.get([item_id], with_vectors=True)
+        if not records:
+            raise QueryError(f"no item with id {item_id!r}")
+        rec = records[0]
+        field = FEATURE_FIELD if self.has_features and FEATURE_FIELD in rec else IMAGE_FIELD
+        vector = np.asarray(rec[field], np.float32)
+        return self.store.search(vector, field=field, k=k, filter=filter)[0]
+
+    def _as_image(self, query: str | Path | Image.Image) -> Image.Image:
+        if isinstance(query, Image.Image):
+            return query.convert("RGB")
+        path = Path(query)
+        try:
+            data = read_file(path)
+            image, _, _ = decode_image(data, max_pixels=self.settings.max_image_pixels)
+        except ImageError as exc:
+            raise QueryError(f"{path}: {exc}") from None
+        return image

@@ -1,0 +1,395 @@
+"""The Milvus store: schema, the provider check, upserts, searches and stats.
+
+The store knows nothing of models: it keeps vectors and the facts about each file. It owns
+its schema and records which embedder made a collection (and at which dimension), because
+vectors from two models are not comparable and mixing them silently gives garbage results.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmsearch.config import Settings
+
+log = logging.getLogger(__name__)
+
+#: Bump with a migration in ``_migrate`` when the schema changes.
+SCHEMA_VERSION = 1
+META_KEY = "mmsearch.meta"
+
+IMAGE_FIELD = "image_embedding"
+TEXT_FIELD = "text_embedding"
+FEATURE_FIELD = "image_feature"
+
+#: Scalar fields returned with every hit.
+OUTPUT_FIELDS = [
+    "origin",
+    "label",
+    "image_description",
+    "keywords",
+    "content_hash",
+    "width",
+    "height",
+    "indexed_at",
+]
+
+_VARCHAR_LIMITS = {
+    "id": 64,
+    "origin": 4096,
+    "label": 512,
+    "image_description": 4096,
+    "keywords": 1024,
+    "content_hash": 64,
+}
+
+
+class StoreError(RuntimeError):
+    """The store cannot do what was asked; the message names the URI and what to do."""
+
+
+class ProviderMismatchError(StoreError):
+    """The collection was built by another embedder; its vectors cannot be searched with ours."""
+
+
+@dataclass
+class Item:
+    """One indexed image as stored: the facts, not the vectors."""
+
+    id: str
+    origin: str
+    label: str = ""
+    description: str = ""
+    keywords: list[str] = field(default_factory=list)
+    content_hash: str = ""
+    width: int = 0
+    height: int = 0
+    indexed_at: int = 0
+
+    @classmethod
+    def from_entity(cls, id_: str, entity: dict[str, Any]) -> Item:
+        raw = entity.get("keywords") or "[]"
+        try:
+            keywords = json.loads(raw)
+        except json.JSONDecodeError:
+            keywords = [raw]
+        return cls(
+            id=id_,
+            origin=entity.get("origin", ""),
+            label=entity.get("label", ""),
+            description=entity.get("image_description", ""),
+            keywords=keywords,
+            content_hash=entity.get("content_hash", ""),
+            width=int(entity.get("width", 0)),
+            height=int(entity.get("height", 0)),
+            indexed_at=int(entity.get("indexed_at", 0)),
+        )
+
+
+@dataclass
+class Hit(Item):
+    """A search result: the item and its similarity score (higher is better for COSINE/IP,
+    lower for L2, as Milvus reports it)."""
+
+    score: float = 0.0
+
+
+@dataclass
+class Row:
+    """What ingest writes for one image."""
+
+    item: Item
+    image_embedding: np.ndarray
+    text_embedding: np.ndarray
+    image_feature: np.ndarray | None = None
+
+
+def _truncate(value: str, limit: int) -> str:
+    """Cut to ``limit`` UTF-8 bytes (Milvus VARCHAR limits are in bytes) on a char boundary."""
+    data = value.encode("utf-8")
+    if len(data) <= limit:
+        return value
+    return data[:limit].decode("utf-8", errors="ignore")
+
+
+class Store:
+    """One Milvus collection, reached through ``MilvusClient`` (Lite file or server URI)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.uri = settings.uri
+        self.collection = settings.collection
+        self._client: Any = None
+
+    # -- connection -------------------------------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = self._connect()
+        return self._client
+
+    def _connect(self) -> Any:
+        from pymilvus import MilvusClient
+
+        uri = self.uri
+        if self.settings.is_lite:
+            path = Path(uri).expanduser()
+            if path.parent and not path.parent.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+            uri = str(path)
+        token = self.settings.token.get_secret_value() if self.settings.token else ""
+        try:
+            return MilvusClient(uri=uri, token=token, timeout=30)
+        except Exception as exc:  # pymilvus raises several unrelated types here
+            if self.settings.is_lite:
+                hint = (
+                    "Milvus Lite allows one process per file: stop the other mmsearch process "
+                    "using it (for example `mmsearch serve`), or use a Milvus server URI"
+                )
+            else:
+                hint = "check that the Milvus server is running and reachable, and the token"
+            raise StoreError(f"cannot open Milvus at {self.uri!r}: {exc}. {hint}.") from exc
+
+    def close(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.close()
+            finally:
+                self._client = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- collection -------------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return bool(self.client.has_collection(self.collection))
+
+    def meta(self) -> dict[str, Any] | None:
+        """What the collection records about who made it, or None if it does not exist."""
+        if not self.exists():
+            return None
+        props = self.client.describe_collection(self.collection).get("properties", {})
+        raw = props.get(META_KEY)
+        return json.loads(raw) if raw else {}
+
+    def open(
+        self,
+        *,
+        embedder: str,
+        dim: int,
+        feature_dim: int = 0,
+        create: bool = True,
+        extra_meta: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Make sure the collection exists and was built by this embedder; return its meta."""
+        meta = self.meta()
+        if meta is None:
+            if not create:
+                raise StoreError(
+                    f"collection {self.collection!r} does not exist at {self.uri!r}; "
+                    "index some images first (`mmsearch index PATH`)"
+                )
+            meta = {
+                "schema_version": SCHEMA_VERSION,
+                "embedder": embedder,
+                "dim": dim,
+                "feature_dim": feature_dim,
+                "metric": self.settings.metric.value,
+                "index_type": self.settings.index_type.value,
+                **(extra_meta or {}),
+            }
+            self._create(dim, feature_dim, meta)
+            return meta
+        self._check(meta, embedder, dim)
+        self.client.load_collection(self.collection)
+        return meta
+
+    def _check(self, meta: dict[str, Any], embedder: str, dim: int) -> None:
+        if meta.get("schema_version", SCHEMA_VERSION) > SCHEMA_VERSION:
+            raise StoreError(
+                f"collection {self.collection!r} has schema version {meta['schema_version']}, "
+                f"newer than this mmsearch understands ({SCHEMA_VERSION}); upgrade mmsearch"
+            )
+        if meta.get("embedder") != embedder or int(meta.get("dim", dim)) != dim:
+            raise ProviderMismatchError(
+                f"collection {self.collection!r} at {self.uri!r} was built with embedder "
+                f"{meta.get('embedder')!r} ({meta.get('dim')}-d), but the configured embedder "
+                f"is {embedder!r} ({dim}-d); their vectors cannot be compared. Use the same "
+                "provider, pick another collection (--collection), or delete this one "
+                "(`mmsearch drop`) and index again"
+            )
+
+    def _create(self, dim: int, feature_dim: int, meta: dict[str, Any]) -> None:
+        from pymilvus import DataType, MilvusClient
+
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
+        schema.add_field("origin", DataType.VARCHAR, max_length=_VARCHAR_LIMITS["origin"])
+        schema.add_field("label", DataType.VARCHAR, max_length=_VARCHAR_LIMITS["label"])
+        schema.add_field(
+            "image_description", DataType.VARCHAR, max_length=_VARCHAR_LIMITS["image_description"]
+        )
+        schema.add_field("keywords", DataType.VARCHAR, max_length=_VARCHAR_LIMITS["keywords"])
+        schema.add_field("content_hash", DataType.VARCHAR, max_length=64)
+        schema.add_field("width", DataType.INT32)
+        schema.add_field("height", DataType.INT32)
+        schema.add_field("indexed_at", DataType.INT64)
+        schema.add_field(IMAGE_FIELD, DataType.FLOAT_VECTOR, dim=dim)
+        schema.add_field(TEXT_FIELD, DataType.FLOAT_VECTOR, dim=dim)
+        if feature_dim:
+            schema.add_field(FEATURE_FIELD, DataType.FLOAT_VECTOR, dim=feature_dim)
+
+        index_params = self.client.prepare_index_params()
+        fields = [IMAGE_FIELD, TEXT_FIELD] + ([FEATURE_FIELD] if feature_dim else [])
+        for name in fields:
+            index_params.add_index(
+                field_name=name,
+                index_type=self.settings.index_type.value,
+                metric_type=self.settings.metric.value,
+                params=self.settings.effective_index_params,
+            )
+        self.client.create_collection(
+            self.collection,
+            schema=schema,
+            index_params=index_params,
+            properties={META_KEY: json.dumps(meta, ensure_ascii=False)},
+        )
+        log.info("created collection %s at %s (%s)", self.collection, self.uri, meta)
+
+    def drop(self) -> bool:
+        """Delete the collection; returns whether it existed."""
+        if not self.exists():
+            return False
+        self.client.drop_collection(self.collection)
+        return True
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def upsert(self, rows: Sequence[Row]) -> int:
+        """Insert or replace rows by id: writing the same file twice never duplicates it."""
+        if not rows:
+            return 0
+        data = []
+        for row in rows:
+            it = row.item
+            record: dict[str, Any] = {
+                "id": it.id,
+                "origin": _truncate(it.origin, _VARCHAR_LIMITS["origin"]),
+                "label": _truncate(it.label, _VARCHAR_LIMITS["label"]),
+                "image_description": _truncate(
+                    it.description, _VARCHAR_LIMITS["image_description"]
+                ),
+                "keywords": _truncate(
+                    json.dumps(it.keywords, ensure_ascii=False), _VARCHAR_LIMITS["keywords"]
+                ),
+                "content_hash": it.content_hash,
+                "width": int(it.width),
+                "height": int(it.height),
+                "indexed_at": int(it.indexed_at),
+                IMAGE_FIELD: np.asarray(row.image_embedding, np.float32).tolist(),
+                TEXT_FIELD: np.asarray(row.text_embedding, np.float32).tolist(),
+            }
+            if row.image_feature is not None:
+                record[FEATURE_FIELD] = np.asarray(row.image_feature, np.float32).tolist()
+            data.append(record)
+        result = self.client.upsert(self.collection, data)
+        return int(result.get("upsert_count", len(data)))
+
+    def delete(self, ids: Sequence[str]) -> None:
+        if ids:
+            self.client.delete(self.collection, ids=list(ids))
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def content_hashes(self, ids: Iterable[str]) -> dict[str, str]:
+        """id -> stored content hash, for the ids that are present."""
+        ids = list(ids)
+        out: dict[str, str] = {}
+        for start in range(0, len(ids), 1000):
+            chunk = ids[start : start + 1000]
+            for rec in self.client.query(
+                self.collection, ids=chunk, output_fields=["content_hash"]
+            ):
+                out[rec["id"]] = rec["content_hash"]
+        return out
+
+    def get(self, ids: Sequence[str], *, with_vectors: bool = False) -> list[dict[str, Any]]:
+        """Stored records by id (scalar fields, and vectors if asked), in the order given."""
+        if not ids:
+            return []
+        fields = list(OUTPUT_FIELDS)
+        if with_vectors:
+            fields += [IMAGE_FIELD, TEXT_FIELD]
+            if self.has_feature_field():
+                fields.append(FEATURE_FIELD)
+        found = {
+            r["id"]: r
+            for r in self.client.query(self.collection, ids=list(ids), output_fields=fields)
+        }
+        return [found[i] for i in ids if i in found]
+
+    def items(self, ids: Sequence[str]) -> list[Item]:
+        return [Item.from_entity(r["id"], r) for r in self.get(ids)]
+
+    def has_feature_field(self) -> bool:
+        fields = self.client.describe_collection(self.collection)["fields"]
+        return any(f["name"] == FEATURE_FIELD for f in fields)
+
+    def count(self) -> int:
+        res = self.client.query(self.collection, filter="", output_fields=["count(*)"])
+        return int(res[0]["count(*)"]) if res else 0
+
+    def search(
+        self,
+        vectors: np.ndarray,
+        *,
+        field: str,
+        k: int,
+        filter: str = "",
+    ) -> list[list[Hit]]:
+        """Nearest neighbours of each query vector in ``field``; one hit list per query."""
+        vectors = np.atleast_2d(np.asarray(vectors, np.float32))
+        results = self.client.search(
+            self.collection,
+            data=vectors.tolist(),
+            anns_field=field,
+            limit=k,
+            filter=filter,
+            output_fields=OUTPUT_FIELDS,
+            search_params={
+                "metric_type": self.settings.metric.value,
+                "params": self.settings.effective_search_params,
+            },
+        )
+        out: list[list[Hit]] = []
+        for hits in results:
+            row = []
+            for h in hits:
+                item = Item.from_entity(h["id"], h.get("entity", {}))
+                row.append(Hit(**item.__dict__, score=float(h["distance"])))
+            out.append(row)
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        meta = self.meta()
+        if meta is None:
+            return {"uri": self.uri, "collection": self.collection, "exists": False, "count": 0}
+        self.client.load_collection(self.collection)
+        return {
+            "uri": self.uri,
+            "collection": self.collection,
+            "exists": True,
+            "count": self.count(),
+            **meta,
+        }

@@ -1,0 +1,48 @@
+"""Settings precedence: arguments > MMSEARCH_* environment > mmsearch.toml > defaults."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from mmsearch.config import IndexType, Language, Metric, Settings, load_settings
+
+
+def test_defaults(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    s = Settings()
+    assert s.uri == "./mmsearch.db" and s.is_lite
+    assert s.index_type is IndexType.HNSW and s.metric is Metric.COSINE
+    assert s.language is Language.zh and s.provider == "offline"
+    assert s.effective_index_params == {"M": 16, "efConstruction": 200}
+
+
+def test_toml_env_and_arguments(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mmsearch.toml").write_text(
+        'uri = "http://milvus:19530"\ncollection = "from_toml"\nlanguage = "en"\n'
+        'index_type = "ivf_flat"\n[index_params]\nnlist = 64\n'
+    )
+    s = Settings()
+    assert s.uri == "http://milvus:19530" and not s.is_lite
+    assert s.index_type is IndexType.IVF_FLAT and s.effective_index_params == {"nlist": 64}
+    monkeypatch.setenv("MMSEARCH_COLLECTION", "from_env")
+    assert Settings().collection == "from_env"
+    assert load_settings(collection="from_flag", language=None).collection == "from_flag"
+    assert load_settings(language=None).language is Language.en
+
+
+def test_config_file_named_by_env(monkeypatch, tmp_path):
+    cfg = tmp_path / "other.toml"
+    cfg.write_text('metric = "l2"\n')
+    monkeypatch.setenv("MMSEARCH_CONFIG", str(cfg))
+    assert Settings().metric is Metric.L2
+
+
+def test_bad_values_are_rejected(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValidationError):
+        Settings(index_type="DISKANN")
+    monkeypatch.setenv("MMSEARCH_BATCH_SIZE", "0")
+    with pytest.raises(ValidationError):
+        Settings()
