@@ -22,8 +22,17 @@ def _row(i: int, dim: int = 8, feature_dim: int = 4) -> Row:
     rng = np.random.default_rng(i)
     vec = rng.normal(size=dim).astype(np.float32)
     return Row(
-        Item(id=f"id{i}", origin=f"/x/{i}.jpg", label="l", description="描述" * 3000,
-             keywords=["a", "b"], content_hash=f"h{i}", width=3, height=4, indexed_at=5),
+        Item(
+            id=f"id{i}",
+            origin=f"/x/{i}.jpg",
+            label="l",
+            description="描述" * 3000,
+            keywords=["a", "b"],
+            content_hash=f"h{i}",
+            width=3,
+            height=4,
+            indexed_at=5,
+        ),
         vec / np.linalg.norm(vec),
         vec / np.linalg.norm(vec),
         rng.normal(size=feature_dim).astype(np.float32),
@@ -89,8 +98,9 @@ def test_meta_survives_reopen(store, tmp_path):
 
 
 def test_missing_collection_is_a_clear_error(tmp_path):
-    with Store(Settings(uri=str(tmp_path / "s.db"), collection="none")) as s, pytest.raises(
-        StoreError, match="does not exist"
+    with (
+        Store(Settings(uri=str(tmp_path / "s.db"), collection="none")) as s,
+        pytest.raises(StoreError, match="does not exist"),
     ):
         s.open(embedder="fake", dim=8, create=False)
 

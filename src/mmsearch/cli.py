@@ -18,7 +18,7 @@ from rich.table import Table
 from mmsearch import demo as demo_module
 from mmsearch.config import IndexType, Language, Metric, Settings, load_settings
 from mmsearch.engine import MMSearch
-from mmsearch.ingest import IngestReport, SourceError
+from mmsearch.ingest import IngestReport, SourceError, SourceItem
 from mmsearch.providers import ProviderError
 from mmsearch.search import Mode, QueryError
 from mmsearch.store import Hit, StoreError
@@ -81,7 +81,9 @@ def main(
     )
 
 
-def _run_index(mm: MMSearch, source: Path, limit: int | None, quiet: bool) -> IngestReport:
+def _run_index(
+    mm: MMSearch, source: Path | list[SourceItem], limit: int | None, quiet: bool
+) -> IngestReport:
     with Progress(
         TextColumn("[bold]indexing"),
         BarColumn(),
@@ -263,6 +265,80 @@ def demo(
     finally:
         if tmp is not None:
             tmp.cleanup()
+
+
+@app.command("eval")
+def eval_command(
+    data: Annotated[
+        Path | None, typer.Argument(help="Labelled folder or CSV (id,path,label) to index.")
+    ] = None,
+    queries: Annotated[
+        Path | None, typer.Option(help="Labelled query images (folder or CSV) for image modes.")
+    ] = None,
+    captions: Annotated[
+        Path | None, typer.Option(help="Captions TSV with image, lang and caption columns.")
+    ] = None,
+    images: Annotated[
+        Path | None, typer.Option(help="Folder of the captioned images (default: beside TSV).")
+    ] = None,
+    k: Annotated[int, typer.Option("-k", "--k", help="Results per query.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Index labelled data and report recall@1/5/10 and MRR for each mode it allows.
+
+    Uses a throwaway database unless --uri is given.
+    """
+    from mmsearch import eval as ev
+
+    if data is None and captions is None:
+        _fail(SourceError("give labelled DATA, --captions TSV, or both"))
+        return
+    overrides: dict[str, Any] = {}
+    tmp = None
+    if _State.overrides.get("uri") is None:
+        tmp = tempfile.TemporaryDirectory(prefix="mmsearch-eval-")
+        overrides["uri"] = str(Path(tmp.name) / "eval.db")
+    scores: list[ev.Score] = []
+    ingest: dict[str, Any] = {}
+    try:
+        with MMSearch(settings=_settings(**overrides)) as mm:
+            if data is not None:
+                items = ev.list_items(data)
+                report = _run_index(mm, items, None, quiet=as_json)
+                ingest[str(data)] = _report_dict(report)
+                query_items = ev.list_items(queries) if queries else None
+                scores += ev.evaluate_labels(mm, items, query_items, k=k)
+            if captions is not None:
+                rows = ev.read_captions(captions)
+                folder = images or captions.parent / "images"
+                items = [SourceItem(folder / name) for name in sorted({r[0] for r in rows})]
+                report = _run_index(mm, items, None, quiet=as_json)
+                ingest[str(captions)] = _report_dict(report)
+                scores += ev.evaluate_captions(mm, rows, folder, k=k)
+    except (*_USER_ERRORS, ValueError) as exc:
+        _fail(exc)
+        return
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    if as_json:
+        out = {"scores": [s.as_dict() for s in scores], "ingest": ingest}
+        print(json.dumps(out, ensure_ascii=False, indent=2))
+        return
+    table = Table("mode", "queries", "n", *[f"R@{x}" for x in ev.KS], "MRR")
+    for sc in scores:
+        table.add_row(
+            sc.mode,
+            sc.queries,
+            str(sc.n),
+            *[f"{sc.recall.get(x, 0):.3f}" for x in ev.KS],
+            f"{sc.mrr:.3f}",
+        )
+    console.print(table)
+    for source, rep in ingest.items():
+        console.print(
+            f"ingest {source}: {rep['indexed']} images, {rep['images_per_second']} images/s"
+        )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ Mode names are the same everywhere (CLI, API, Python, docs):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
 
@@ -73,24 +74,38 @@ class Searcher:
         return self.search_text(query, mode=mode, k=k, filter=filter)
 
     def search_text(self, text: str, *, mode: Mode, k: int, filter: str = "") -> list[Hit]:
-        text = text.strip()
-        if not text:
+        return self.search_texts([text], mode=mode, k=k, filter=filter)[0]
+
+    def search_texts(
+        self, texts: Sequence[str], *, mode: Mode, k: int, filter: str = ""
+    ) -> list[list[Hit]]:
+        """Many text queries in one model call and one Milvus call (evaluation, batch use)."""
+        texts = [t.strip() for t in texts]
+        if not texts or not all(texts):
             raise QueryError("the text query is empty")
-        vector = self.embedder.embed_texts([text], query=True)
+        vectors = self.embedder.embed_texts(texts, query=True)
         field = IMAGE_FIELD if mode is Mode.text2image else TEXT_FIELD
-        return self.store.search(vector, field=field, k=k, filter=filter)[0]
+        return self.store.search(vectors, field=field, k=k, filter=filter)
 
     def search_image(
         self, image: Image.Image, *, mode: Mode, k: int, filter: str = ""
     ) -> list[Hit]:
-        vectors = self.embedder.embed_images([image])
+        return self.search_images([image], mode=mode, k=k, filter=filter)[0]
+
+    def search_images(
+        self, images: Sequence[Image.Image], *, mode: Mode, k: int, filter: str = ""
+    ) -> list[list[Hit]]:
+        """Many image queries in one model call and one Milvus call."""
+        if not images:
+            return []
+        vectors = self.embedder.embed_images(images)
         if mode is Mode.image2image and self.has_features and vectors.features is not None:
-            vector, field = vectors.features, FEATURE_FIELD
+            query, field = vectors.features, FEATURE_FIELD
         elif mode is Mode.image2image:
-            vector, field = vectors.shared, IMAGE_FIELD
+            query, field = vectors.shared, IMAGE_FIELD
         else:
-            vector, field = vectors.shared, TEXT_FIELD
-        return self.store.search(vector, field=field, k=k, filter=filter)[0]
+            query, field = vectors.shared, TEXT_FIELD
+        return self.store.search(query, field=field, k=k, filter=filter)
 
     def more_like_this(self, item_id: str, *, k: int = 10, filter: str = "") -> list[Hit]:
         """Images like an indexed item, by its stored vector (no model call)."""

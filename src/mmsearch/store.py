@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,6 +137,11 @@ class Store:
         return self._client
 
     def _connect(self) -> Any:
+        # Milvus Lite runs a gRPC server in-process that logs a traceback for each RPC it
+        # does not implement (pymilvus 3 asks for AllocTimestamp when creating indexes, and
+        # falls back); they are noise to a user, so keep them out of the terminal.
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+        logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
         from pymilvus import MilvusClient
 
         uri = self.uri
