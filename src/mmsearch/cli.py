@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -79,6 +81,16 @@ def main(
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+@contextlib.contextmanager
+def _scratch_uri(name: str) -> Iterator[dict[str, Any]]:
+    """A throwaway Milvus Lite file for demo and eval, unless the user gave --uri."""
+    if _State.overrides.get("uri") is not None:
+        yield {}
+        return
+    with tempfile.TemporaryDirectory(prefix=f"mmsearch-{name}-") as tmp:
+        yield {"uri": str(Path(tmp) / f"{name}.db")}
 
 
 def _run_index(
@@ -240,14 +252,9 @@ def demo(
 
     Uses a throwaway database unless --uri is given.
     """
-    overrides = {}
-    tmp = None
-    if _State.overrides.get("uri") is None:
-        tmp = tempfile.TemporaryDirectory(prefix="mmsearch-demo-")
-        overrides["uri"] = str(Path(tmp.name) / "demo.db")
     try:
         source = data if data is not None else demo_module.sample_photos()
-        with MMSearch(settings=_settings(**overrides)) as mm:
+        with _scratch_uri("demo") as overrides, MMSearch(settings=_settings(**overrides)) as mm:
             console.print(f"[bold]Indexing[/] {source if data else 'scikit-image sample photos'}")
             report = _run_index(mm, source, None, quiet=False)
             _print_report(report)
@@ -262,9 +269,6 @@ def demo(
                 console.print(_hits_table(hits, f"{mode.value}: {query}"))
     except _USER_ERRORS as exc:
         _fail(exc)
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
 
 
 @app.command("eval")
@@ -293,15 +297,10 @@ def eval_command(
     if data is None and captions is None:
         _fail(SourceError("give labelled DATA, --captions TSV, or both"))
         return
-    overrides: dict[str, Any] = {}
-    tmp = None
-    if _State.overrides.get("uri") is None:
-        tmp = tempfile.TemporaryDirectory(prefix="mmsearch-eval-")
-        overrides["uri"] = str(Path(tmp.name) / "eval.db")
     scores: list[ev.Score] = []
     ingest: dict[str, Any] = {}
     try:
-        with MMSearch(settings=_settings(**overrides)) as mm:
+        with _scratch_uri("eval") as overrides, MMSearch(settings=_settings(**overrides)) as mm:
             if data is not None:
                 items = ev.list_items(data)
                 report = _run_index(mm, items, None, quiet=as_json)
@@ -318,9 +317,6 @@ def eval_command(
     except (*_USER_ERRORS, ValueError) as exc:
         _fail(exc)
         return
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
     if as_json:
         out = {"scores": [s.as_dict() for s in scores], "ingest": ingest}
         print(json.dumps(out, ensure_ascii=False, indent=2))

@@ -85,16 +85,22 @@ def label_queries(labels: set[str], lang: str) -> dict[str, str]:
 
     table: dict[str, str] = {}
     for c in load_classes():
-        table.setdefault(_norm_label(c.en_name), c.zh_name)
-        table.setdefault(c.wnid.lower(), c.zh_name)
+        for key in (c.label, c.en_name, c.wnid):
+            table.setdefault(_norm_label(key), c.zh_name)
     return {label: table[_norm_label(label)] for label in labels if _norm_label(label) in table}
 
 
-def _batched(mm: MMSearch, texts: list[str], mode: Mode, k: int) -> list[list[str]]:
-    out: list[list[str]] = []
+def _batched(
+    mm: MMSearch, texts: list[str], modes: Sequence[Mode], k: int
+) -> dict[Mode, list[list[str]]]:
+    """Ranked ids per text for each text mode; each text is embedded once for all modes."""
+    out: dict[Mode, list[list[str]]] = {m: [] for m in modes}
     for start in range(0, len(texts), 256):
         chunk = texts[start : start + 256]
-        out += [[h.id for h in hits] for hits in mm.searcher.search_texts(chunk, mode=mode, k=k)]
+        vectors = mm.embedder.embed_texts(chunk, query=True)
+        for mode in modes:
+            hits = mm.searcher.search_vectors(vectors, mode=mode, k=k)
+            out[mode] += [[h.id for h in row] for row in hits]
     return out
 
 
@@ -129,7 +135,9 @@ def evaluate_labels(
     for lang in ("en", "zh"):
         queries = label_queries(set(by_label), lang)
         labels = sorted(queries)
-        ranked = _batched(mm, [queries[lab] for lab in labels], Mode.text2image, k)
+        ranked = _batched(mm, [queries[lab] for lab in labels], [Mode.text2image], k)[
+            Mode.text2image
+        ]
         runs = [(r, by_label[lab]) for r, lab in zip(ranked, labels, strict=True)]
         scores.append(Score.of("text2image", f"class names ({lang})", runs))
     if query_items:
@@ -173,8 +181,8 @@ def evaluate_captions(
     scores = []
     for lang in sorted(by_lang):
         texts = [c for c, _ in by_lang[lang]]
-        for mode in (Mode.text2image, Mode.text2text):
-            ranked = _batched(mm, texts, mode, k)
+        ranked_by_mode = _batched(mm, texts, [Mode.text2image, Mode.text2text], k)
+        for mode, ranked in ranked_by_mode.items():
             runs = [(r, {rel}) for r, (_, rel) in zip(ranked, by_lang[lang], strict=True)]
             scores.append(Score.of(mode.value, f"captions ({lang})", runs))
     return scores

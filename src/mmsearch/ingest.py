@@ -30,6 +30,7 @@ from mmsearch.images import (
     read_file,
 )
 from mmsearch.providers import Describer, Embedder, get_describer, get_embedder
+from mmsearch.providers.base import FatalProviderError, ProviderError
 from mmsearch.store import Item, Row, Store
 
 log = logging.getLogger(__name__)
@@ -223,7 +224,22 @@ class Ingestor:
                 ready.append(p)
         if not ready:
             return
-        rows = self._rows(ready)
+        try:
+            rows = self._rows(ready)
+        except FatalProviderError:
+            raise
+        except ProviderError as exc:
+            # One bad image (or one failed call) must not cost the whole batch: retry the
+            # images one by one and record only those that still fail.
+            log.warning("batch failed (%s); retrying its images one by one", exc)
+            rows = []
+            for p in ready:
+                try:
+                    rows += self._rows([p])
+                except FatalProviderError:
+                    raise
+                except ProviderError as one:
+                    report.failed.append((str(p.source.path), f"provider error: {one}"))
         report.indexed += self.store.upsert(rows)
 
     def _rows(self, ready: list[_Prepared]) -> list[Row]:

@@ -84,6 +84,14 @@ class Searcher:
         if not texts or not all(texts):
             raise QueryError("the text query is empty")
         vectors = self.embedder.embed_texts(texts, query=True)
+        return self.search_vectors(vectors, mode=mode, k=k, filter=filter)
+
+    def search_vectors(
+        self, vectors: np.ndarray, *, mode: Mode, k: int, filter: str = ""
+    ) -> list[list[Hit]]:
+        """Text-mode search with query vectors already embedded (one per row)."""
+        if mode.takes_image:
+            raise QueryError(f"search_vectors takes text-mode vectors, not {mode.value}")
         field = IMAGE_FIELD if mode is Mode.text2image else TEXT_FIELD
         return self.store.search(vectors, field=field, k=k, filter=filter)
 

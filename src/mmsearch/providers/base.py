@@ -7,9 +7,10 @@ is a nearest-neighbour search between two of its outputs.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
@@ -19,7 +20,15 @@ if TYPE_CHECKING:
 
 
 class ProviderError(RuntimeError):
-    """A provider could not be created or could not answer; the message says what to do."""
+    """A provider could not be created or could not answer; the message says what to do.
+
+    Ingest records it against the images of the failed call and goes on.
+    """
+
+
+class FatalProviderError(ProviderError):
+    """An error that every further call would repeat (a missing or rejected API key, an
+    unknown model): ingest stops at once instead of failing every remaining image."""
 
 
 @dataclass(frozen=True)
@@ -90,10 +99,33 @@ def register_describer(name: str) -> Callable[[DescriberFactory], DescriberFacto
     return deco
 
 
-def _ensure_builtin() -> None:
-    # Imported here, not at module top, so that importing the protocols stays cheap and
-    # a provider with heavy dependencies is only imported when asked for.
-    from mmsearch.providers import offline  # noqa: F401
+#: Built-in providers by name and the module that registers them. Imported on first use,
+#: so that a provider with heavy or optional dependencies costs nothing until asked for.
+BUILTIN_PROVIDERS = {
+    "offline": "mmsearch.providers.offline",
+    "dashscope": "mmsearch.providers.dashscope",
+    "openai": "mmsearch.providers.openai",
+    "clip": "mmsearch.providers.clip",
+}
+
+
+def _ensure_builtin(name: str | None = None) -> None:
+    """Import the built-in provider modules (one by name, or all that import cleanly)."""
+    names = [name] if name is not None else list(BUILTIN_PROVIDERS)
+    for n in names:
+        module = BUILTIN_PROVIDERS.get(n)
+        if module is None or n in _EMBEDDERS or n in _DESCRIBERS:
+            continue
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name == module:
+                continue  # not part of this installation
+            if name is not None:
+                raise ProviderError(
+                    f"provider {n!r} needs {exc.name!r}, which is not installed; "
+                    f"install it with: pip install 'mmsearch[{n}]'"
+                ) from exc
 
 
 def available_embedders() -> list[str]:
@@ -106,24 +138,22 @@ def available_describers() -> list[str]:
     return sorted(_DESCRIBERS)
 
 
+def _create(
+    kind: str, registry: dict[str, Callable[[Settings], Any]], name: str, settings: Settings
+) -> Any:
+    _ensure_builtin(name)  # says which package is missing, if one is
+    if name not in registry:
+        _ensure_builtin()
+        raise ProviderError(f"unknown {kind} {name!r}; available: {', '.join(sorted(registry))}")
+    return registry[name](settings)
+
+
 def get_embedder(settings: Settings) -> Embedder:
-    _ensure_builtin()
-    name = settings.embedder_name
-    if name not in _EMBEDDERS:
-        raise ProviderError(
-            f"unknown embedder {name!r}; available: {', '.join(available_embedders())}"
-        )
-    return _EMBEDDERS[name](settings)
+    return _create("embedder", _EMBEDDERS, settings.embedder_name, settings)
 
 
 def get_describer(settings: Settings) -> Describer:
-    _ensure_builtin()
-    name = settings.describer_name
-    if name not in _DESCRIBERS:
-        raise ProviderError(
-            f"unknown describer {name!r}; available: {', '.join(available_describers())}"
-        )
-    return _DESCRIBERS[name](settings)
+    return _create("describer", _DESCRIBERS, settings.describer_name, settings)
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:

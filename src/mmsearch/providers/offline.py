@@ -67,6 +67,7 @@ RESIZE_SIZE = 256
 class ImageNetClass:
     index: int
     wnid: str
+    label: str  # the short name common in ImageNet tooling, e.g. "great_white_shark"
     en_name: str
     en_category: str
     zh_name: str
@@ -82,6 +83,7 @@ def load_classes() -> list[ImageNetClass]:
         ImageNetClass(
             int(r["index"]),
             r["wnid"],
+            r["label"],
             r["en_name"],
             r["en_category"],
             r["zh_name"],

@@ -1,0 +1,97 @@
+"""The `mmsearch` command as a user runs it: JSON output, tables, clear errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from mmsearch.cli import app
+
+from .conftest import LION, REVERSE
+
+pytestmark = pytest.mark.datasets
+
+
+@pytest.fixture
+def runner(tmp_path, cache_dir, monkeypatch):
+    monkeypatch.setenv("MMSEARCH_URI", str(tmp_path / "cli.db"))
+    monkeypatch.setenv("MMSEARCH_CACHE_DIR", str(cache_dir))
+    monkeypatch.chdir(tmp_path)
+    return CliRunner()
+
+
+@pytest.fixture
+def photos(tmp_path):
+    folder = tmp_path / "photos"
+    for label in ("lion", "Afghan_hound", "pizza"):
+        (folder / label).mkdir(parents=True)
+        src = next((REVERSE / "test" / label).iterdir())
+        shutil.copy(src, folder / label / src.name)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    return folder
+
+
+def test_index_search_stats_as_json(runner, photos):
+    res = runner.invoke(app, ["index", str(photos), "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["indexed"] == 3 and report["total"] == 4
+    assert report["failed"][0]["path"].endswith("broken.jpg")
+
+    res = runner.invoke(app, ["search", "狮子", "--json", "-k", "2"])
+    assert res.exit_code == 0, res.output
+    hits = json.loads(res.stdout)
+    assert len(hits) == 2 and hits[0]["label"] == "lion"
+
+    res = runner.invoke(app, ["search", "--image", str(LION), "--mode", "image2text", "--json"])
+    assert json.loads(res.stdout)[0]["label"] == "lion"
+
+    res = runner.invoke(app, ["stats", "--json"])
+    stats = json.loads(res.stdout)
+    assert stats["count"] == 3 and stats["embedder"].startswith("offline")
+
+
+def test_tables_by_default(runner, photos):
+    runner.invoke(app, ["index", str(photos)])
+    res = runner.invoke(app, ["search", "pizza", "--mode", "text2text", "-k", "1"])
+    assert res.exit_code == 0
+    assert "text2text: pizza" in res.stdout and "披萨" in res.stdout
+
+
+def test_search_before_indexing_is_a_clear_error(runner):
+    res = runner.invoke(app, ["search", "狮子"])
+    assert res.exit_code == 1
+    assert "does not exist" in res.output and "mmsearch index" in res.output
+    assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["search"], "either a text query or --image"),
+        (["search", "x", "--mode", "image2image"], "needs --image"),
+        (["search", "--image", "q.jpg", "--mode", "text2text"], "needs a text query"),
+        (["index", "/no/such/folder"], "no such file"),
+    ],
+)
+def test_bad_invocations(runner, args, message):
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1 and message in res.output
+
+
+def test_other_provider_on_existing_collection_is_refused(runner, photos):
+    runner.invoke(app, ["index", str(photos)])
+    res = runner.invoke(app, ["--embedder", "nope", "search", "x"])
+    assert res.exit_code == 1 and "unknown embedder 'nope'" in res.output
+
+
+def test_demo_runs_the_four_searches(runner):
+    res = runner.invoke(app, ["demo", "-k", "2"])
+    assert res.exit_code == 0, res.output
+    for mode in ("text2image: 棕色的狗", "text2text: 棕色的狗", "image2image:", "image2text:"):
+        assert mode in res.stdout
+    assert "15 indexed" in res.stdout
+    assert "chelsea" in res.stdout
