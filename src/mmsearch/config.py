@@ -13,7 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -61,7 +61,7 @@ def _config_file() -> Path:
 class Settings(BaseSettings):
     """Everything a user can configure; see the README's configuration table."""
 
-    model_config = SettingsConfigDict(env_prefix="MMSEARCH_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="MMSEARCH_", extra="ignore", populate_by_name=True)
 
     uri: str = Field(
         "./mmsearch.db",
@@ -94,6 +94,47 @@ class Settings(BaseSettings):
         ge=1,
         description="Images with more pixels are refused as decompression bombs.",
     )
+
+    # -- remote providers (DashScope, OpenAI-compatible) ---------------------------------------
+    dashscope_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "MMSEARCH_DASHSCOPE_API_KEY", "DASHSCOPE_API_KEY", "dashscope_api_key"
+        ),
+        description="DashScope API key (env DASHSCOPE_API_KEY); never logged.",
+    )
+    dashscope_base_url: str = Field(
+        "https://dashscope.aliyuncs.com/api/v1",
+        description="DashScope endpoint; international: https://dashscope-intl.aliyuncs.com/api/v1",
+    )
+    dashscope_embedding_model: str = Field("multimodal-embedding-v1")
+    dashscope_vl_model: str = Field("qwen-vl-plus")
+    openai_base_url: str = Field(
+        "http://localhost:8000/v1", description="OpenAI-compatible endpoint (vLLM, Ollama, ...)."
+    )
+    openai_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "MMSEARCH_OPENAI_API_KEY", "OPENAI_API_KEY", "openai_api_key"
+        ),
+        description="Key for the OpenAI-compatible endpoint (env OPENAI_API_KEY).",
+    )
+    openai_model: str = Field("Qwen/Qwen2.5-VL-7B-Instruct")
+    requests_per_minute: float = Field(
+        120, gt=0, description="Rate limit for remote providers (token bucket)."
+    )
+    max_concurrency: int = Field(4, ge=1, description="Concurrent requests to remote providers.")
+    max_retries: int = Field(5, ge=0, description="Retries on 429, 5xx and timeouts.")
+    request_timeout: float = Field(30.0, gt=0, description="Seconds per remote request.")
+
+    # -- local CLIP-family models --------------------------------------------------------------
+    clip_model: str = Field(
+        "ViT-B-32",
+        description="open_clip model name, a Hugging Face id, or a local model directory.",
+    )
+    clip_pretrained: str | None = Field(None, description="open_clip pretrained tag.")
+    clip_backend: str = Field("auto", description="auto, open_clip or transformers.")
+    clip_device: str = Field("auto", description="auto (CUDA if present), cpu or cuda.")
 
     @field_validator("index_type", "metric", mode="before")
     @classmethod
