@@ -115,3 +115,41 @@ def test_ids_are_stable_per_file(tmp_path):
 def test_missing_source_is_a_clear_error(settings, tmp_path):
     with MMSearch(settings=settings) as mm, pytest.raises(SourceError, match="no such file"):
         mm.index(tmp_path / "nope")
+
+
+class _RenamedOffline:
+    """A genuinely different embedder for the reindex test: the offline one's vectors under
+    another name and with the image->image vector dropped (so the schema changes too)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.name, self.dim, self.feature_dim = "offline-without-features", inner.dim, 0
+
+    def embed_images(self, images):
+        from mmsearch.providers import ImageVectors
+
+        return ImageVectors(shared=self.inner.embed_images(images).shared)
+
+    def embed_texts(self, texts, *, query):
+        return self.inner.embed_texts(texts, query=query)
+
+
+def test_switching_embedder_is_refused_and_reindex_rebuilds(settings, tmp_path):
+    from mmsearch.store import ProviderMismatchError
+
+    folder = _real_folder(tmp_path / "photos")
+    with MMSearch(settings=settings) as mm:
+        mm.index(folder)
+        first = {h.id: h.origin for h in mm.search("lion", k=5)}
+    other = MMSearch(settings=settings)
+    other.embedder = _RenamedOffline(other.embedder)
+    with pytest.raises(ProviderMismatchError, match="built with embedder"):
+        other.search("lion")
+    report = other.reindex()
+    assert report.indexed == 5 and report.total == 5
+    stats = other.stats()
+    assert stats["embedder"] == "offline-without-features" and stats["count"] == 5
+    hits = other.search(next((folder / "lion").iterdir()), mode=Mode.image2image, k=5)
+    assert {h.id: h.origin for h in hits} == first
+    assert hits[0].label == "lion"
+    other.close()

@@ -222,6 +222,32 @@ def stats(
 
 
 @app.command()
+def reindex(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Describe and embed every stored image again with the configured providers.
+
+    Use it after switching embedder (e.g. `mmsearch --embedder clip reindex`): images are
+    read again from their stored paths; the old vectors are replaced only at the end.
+    """
+    settings = _settings()
+    try:
+        with MMSearch(settings=settings) as mm:
+            if not mm.store.exists():
+                raise StoreError(
+                    f"collection {settings.collection!r} does not exist; nothing to reindex"
+                )
+            report = mm.reindex(progress=None)
+    except _USER_ERRORS as exc:
+        _fail(exc)
+        return
+    if as_json:
+        print(json.dumps(_report_dict(report), ensure_ascii=False, indent=2))
+    else:
+        _print_report(report)
+
+
+@app.command()
 def drop(
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:

@@ -66,6 +66,28 @@ class MMSearch:
         self.__dict__.pop("searcher", None)  # the collection may have just been created
         return report
 
+    def reindex(self, *, progress: ProgressCallback | None = None) -> IngestReport:
+        """Describe and embed every stored image again, from its stored path and label, with
+        the configured providers (e.g. after switching embedder).
+
+        The new vectors go to a side collection that replaces the old one only when every
+        file has been tried, so an interrupted reindex loses nothing and a rerun resumes.
+        """
+        items = [SourceItem(Path(it.origin), it.label) for it in self.store.iter_items()]
+        side = self.settings.model_copy(
+            update={"collection": f"{self.settings.collection}__reindex"}
+        )
+        with Store(side) as side_store:
+            ingestor = Ingestor(
+                side, store=side_store, embedder=self.embedder, describer=self.describer
+            )
+            report = ingestor.run(items, progress=progress)
+            self.store.drop()
+            side_store.rename(self.settings.collection)
+        self.close()
+        self.__dict__.pop("searcher", None)
+        return report
+
     def search(
         self,
         query: str | Path | Image.Image,

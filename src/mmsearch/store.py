@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,6 +142,7 @@ class Store:
         # falls back); they are noise to a user, so keep them out of the terminal.
         os.environ.setdefault("GRPC_VERBOSITY", "NONE")
         logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
+        logging.getLogger("pymilvus.client.iterator.query_iterator").setLevel(logging.ERROR)
         from pymilvus import MilvusClient
 
         uri = self.uri
@@ -347,6 +348,22 @@ class Store:
 
     def items(self, ids: Sequence[str]) -> list[Item]:
         return [Item.from_entity(r["id"], r) for r in self.get(ids)]
+
+    def iter_items(self, batch_size: int = 1000) -> Iterator[Item]:
+        """Every stored item (no vectors), in pages, for re-indexing and export."""
+        it = self.client.query_iterator(
+            self.collection, batch_size=batch_size, filter="", output_fields=OUTPUT_FIELDS
+        )
+        try:
+            while page := it.next():
+                yield from (Item.from_entity(r["id"], r) for r in page)
+        finally:
+            it.close()
+
+    def rename(self, new_name: str) -> None:
+        """Rename the collection (used to swap in a re-indexed copy in one step)."""
+        self.client.rename_collection(self.collection, new_name)
+        self.collection = new_name
 
     def has_feature_field(self) -> bool:
         fields = self.client.describe_collection(self.collection)["fields"]
