@@ -222,6 +222,24 @@ def stats(
 
 
 @app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+) -> None:
+    """Serve the web page (/) and the HTTP API (/api/v1, docs at /docs)."""
+    import uvicorn
+
+    from mmsearch.api import create_app
+
+    settings = _settings()
+    console.print(
+        f"mmsearch on [bold]http://{host}:{port}/[/] (API docs: /docs) · "
+        f"{settings.uri} / {settings.collection}"
+    )
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+
+
+@app.command()
 def reindex(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:

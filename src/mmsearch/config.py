@@ -95,6 +95,17 @@ class Settings(BaseSettings):
         description="Images with more pixels are refused as decompression bombs.",
     )
 
+    # -- HTTP API -------------------------------------------------------------------------------
+    api_token: SecretStr | None = Field(
+        None, description="Bearer token that enables indexing over HTTP; unset = read-only API."
+    )
+    max_upload_bytes: int = Field(
+        20 * 1024 * 1024, ge=1024, description="Largest accepted image upload, in bytes."
+    )
+    upload_dir: Path = Field(
+        Path("mmsearch_uploads"), description="Where images uploaded for indexing are kept."
+    )
+
     # -- remote providers (DashScope, OpenAI-compatible) ---------------------------------------
     dashscope_api_key: SecretStr | None = Field(
         None,
