@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +51,14 @@ _VARCHAR_LIMITS = {
     "keywords": 1024,
     "content_hash": 64,
 }
+
+
+#: Open Store objects per Milvus Lite file in this process. Milvus Lite runs one embedded
+#: server per file and holds the file's lock until that server stops; the last Store to
+#: close stops it, so another process (say `mmsearch serve` after `mmsearch index`) can
+#: open the file.
+_LITE_USERS: Counter[str] = Counter()
+_LITE_LOCK = threading.Lock()
 
 
 class StoreError(RuntimeError):
@@ -111,6 +121,19 @@ class Row:
     image_feature: np.ndarray | None = None
 
 
+def _release_lite(path: str) -> None:
+    with _LITE_LOCK:
+        _LITE_USERS[path] -= 1
+        if _LITE_USERS[path] > 0:
+            return
+        del _LITE_USERS[path]
+    try:
+        from milvus_lite.server_manager import server_manager_instance
+    except ImportError:  # an older milvus-lite without a server manager holds no lock
+        return
+    server_manager_instance.release_server(path)
+
+
 def _truncate(value: str, limit: int) -> str:
     """Cut to ``limit`` UTF-8 bytes (Milvus VARCHAR limits are in bytes) on a char boundary."""
     data = value.encode("utf-8")
@@ -127,6 +150,7 @@ class Store:
         self.uri = settings.uri
         self.collection = settings.collection
         self._client: Any = None
+        self._lite_path: str | None = None
 
     # -- connection -------------------------------------------------------------------------
 
@@ -153,7 +177,12 @@ class Store:
             uri = str(path)
         token = self.settings.token.get_secret_value() if self.settings.token else ""
         try:
-            return MilvusClient(uri=uri, token=token, timeout=30)
+            client = MilvusClient(uri=uri, token=token, timeout=30)
+            if self.settings.is_lite:
+                with _LITE_LOCK:
+                    _LITE_USERS[os.path.abspath(uri)] += 1
+                self._lite_path = os.path.abspath(uri)
+            return client
         except Exception as exc:  # pymilvus raises several unrelated types here
             if self.settings.is_lite:
                 hint = (
@@ -165,11 +194,15 @@ class Store:
             raise StoreError(f"cannot open Milvus at {self.uri!r}: {exc}. {hint}.") from exc
 
     def close(self) -> None:
-        if self._client is not None:
-            try:
-                self._client.close()
-            finally:
-                self._client = None
+        if self._client is None:
+            return
+        try:
+            self._client.close()
+        finally:
+            self._client = None
+            path, self._lite_path = self._lite_path, None
+            if path is not None:
+                _release_lite(path)
 
     def __enter__(self) -> Store:
         return self

@@ -1,0 +1,140 @@
+"""End to end: the real server on loopback, Debian's Chromium driven by Playwright.
+
+Screenshots of each step go to $MMSEARCH_SCREENSHOT_DIR (the README's come from here) or to
+the test's temp folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mmsearch import MMSearch, Settings
+
+from .conftest import LION, REVERSE_CSV
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = [
+    pytest.mark.datasets,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)"
+    ),
+]
+playwright_sync = pytest.importorskip("playwright.sync_api")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, cache_dir):
+    root = tmp_path_factory.mktemp("e2e")
+    db = root / "web.db"
+    with MMSearch(settings=Settings(uri=str(db), cache_dir=cache_dir)) as mm:
+        assert mm.index(REVERSE_CSV).indexed == 100
+    port = _free_port()
+    env = {**os.environ, "MMSEARCH_URI": str(db), "MMSEARCH_CACHE_DIR": str(cache_dir)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mmsearch.cli", "serve", "--port", str(port)],
+        env=env,
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/api/v1/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(proc.stdout.read().decode() if proc.stdout else "server died")
+        time.sleep(0.3)
+    else:
+        proc.kill()
+        raise TimeoutError("server did not start")
+    yield base
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+@pytest.fixture
+def shots(tmp_path) -> Path:
+    folder = Path(os.environ.get("MMSEARCH_SCREENSHOT_DIR", tmp_path))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_search_upload_and_more_like_this_in_a_browser(server, shots, tmp_path):
+    with playwright_sync.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        page.goto(server)
+        page.wait_for_selector("#status:has-text('100 images indexed')")
+
+        # 1. Type 狮子: a lion is among the results.
+        page.fill("#q", "狮子")
+        page.press("#q", "Enter")
+        page.wait_for_selector(".card")
+        labels = page.locator(".card .label").all_inner_texts()
+        assert "lion" in labels[:5], labels
+        page.screenshot(path=str(shots / "1-text-search.png"))
+
+        # 2. Upload the lion photo: results appear, the lion first.
+        query = tmp_path / "lion query.jpg"
+        shutil.copy(LION, query)
+        page.set_input_files("#file", str(query))
+        page.wait_for_selector("#status:has-text('image2image')")
+        labels = page.locator(".card .label").all_inner_texts()
+        assert labels and labels[0] == "lion", labels
+        assert page.locator("#query-preview img").is_visible()
+        page.screenshot(path=str(shots / "2-image-search.png"))
+
+        # 3. Open a result large, then "More like this".
+        page.locator(".card").nth(1).click()
+        page.wait_for_selector("#viewer[open]")
+        opened = page.locator("#viewer-desc").inner_text()
+        assert opened
+        page.wait_for_function("document.querySelector('#viewer-img').naturalWidth > 0")
+        page.screenshot(path=str(shots / "3-viewer.png"))
+        first_before = page.locator(".card").first.get_attribute("data-id")
+        second_id = page.locator(".card").nth(1).get_attribute("data-id")
+        page.click("#more-like-this")
+        page.wait_for_function(
+            "id => document.querySelector('.card')?.dataset.id === id", arg=second_id
+        )
+        assert page.locator(".card").first.get_attribute("data-id") != first_before
+        assert page.locator(".card").count() > 1
+        page.screenshot(path=str(shots / "4-more-like-this.png"))
+
+        # Errors are shown, not swallowed.
+        page.select_option("#mode", "text2image")
+        page.fill("#q", "   ")
+        page.press("#q", "Enter")
+        page.wait_for_selector("#status.error")
+        browser.close()
