@@ -344,20 +344,25 @@ def eval_command(
     scores: list[ev.Score] = []
     ingest: dict[str, Any] = {}
     try:
-        with _scratch_uri("eval") as overrides, MMSearch(settings=_settings(**overrides)) as mm:
+        with _scratch_uri("eval") as overrides:
+            base = _settings(**overrides)
             if data is not None:
-                items = ev.list_items(data)
-                report = _run_index(mm, items, None, quiet=as_json)
-                ingest[str(data)] = _report_dict(report)
-                query_items = ev.list_items(queries) if queries else None
-                scores += ev.evaluate_labels(mm, items, query_items, k=k)
+                with MMSearch(settings=base) as mm:
+                    items = ev.list_items(data)
+                    report = _run_index(mm, items, None, quiet=as_json)
+                    ingest[str(data)] = _report_dict(report)
+                    query_items = ev.list_items(queries) if queries else None
+                    scores += ev.evaluate_labels(mm, items, query_items, k=k)
             if captions is not None:
-                rows = ev.read_captions(captions)
-                folder = images or captions.parent / "images"
-                items = [SourceItem(folder / name) for name in sorted({r[0] for r in rows})]
-                report = _run_index(mm, items, None, quiet=as_json)
-                ingest[str(captions)] = _report_dict(report)
-                scores += ev.evaluate_captions(mm, rows, folder, k=k)
+                # A collection of its own: the captioned images are the whole search space.
+                cap_settings = base.model_copy(update={"collection": f"{base.collection}_captions"})
+                with MMSearch(settings=cap_settings) as mm:
+                    rows = ev.read_captions(captions)
+                    folder = images or captions.parent / "images"
+                    items = [SourceItem(folder / name) for name in sorted({r[0] for r in rows})]
+                    report = _run_index(mm, items, None, quiet=as_json)
+                    ingest[str(captions)] = _report_dict(report)
+                    scores += ev.evaluate_captions(mm, rows, folder, k=k)
     except (*_USER_ERRORS, ValueError) as exc:
         _fail(exc)
         return
