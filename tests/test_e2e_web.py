@@ -71,6 +71,16 @@ def server(tmp_path_factory, cache_dir):
     proc.wait(timeout=20)
 
 
+def _thumbnails_loaded(page, n: int = 12) -> None:
+    """Wait until the first n result thumbnails are decoded, so screenshots show them."""
+    page.wait_for_function(
+        """n => [...document.querySelectorAll('.card img')].slice(0, n)
+                 .every(img => img.complete && img.naturalWidth > 0)""",
+        arg=n,
+        timeout=60_000,
+    )
+
+
 @pytest.fixture
 def shots(tmp_path) -> Path:
     folder = Path(os.environ.get("MMSEARCH_SCREENSHOT_DIR", tmp_path))
@@ -103,6 +113,7 @@ def test_search_upload_and_more_like_this_in_a_browser(server, shots, tmp_path):
         page.wait_for_selector(".card")
         labels = page.locator(".card .label").all_inner_texts()
         assert "lion" in labels[:5], labels
+        _thumbnails_loaded(page)
         page.screenshot(path=str(shots / "1-text-search.png"))
 
         # 2. Upload the lion photo: results appear, the lion first.
@@ -113,6 +124,7 @@ def test_search_upload_and_more_like_this_in_a_browser(server, shots, tmp_path):
         labels = page.locator(".card .label").all_inner_texts()
         assert labels and labels[0] == "lion", labels
         assert page.locator("#query-preview img").is_visible()
+        _thumbnails_loaded(page)
         page.screenshot(path=str(shots / "2-image-search.png"))
 
         # 3. Open a result large, then "More like this".
@@ -130,6 +142,7 @@ def test_search_upload_and_more_like_this_in_a_browser(server, shots, tmp_path):
         )
         assert page.locator(".card").first.get_attribute("data-id") != first_before
         assert page.locator(".card").count() > 1
+        _thumbnails_loaded(page)
         page.screenshot(path=str(shots / "4-more-like-this.png"))
 
         # Errors are shown, not swallowed.
