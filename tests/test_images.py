@@ -26,7 +26,7 @@ def test_exif_rotation_is_applied():
     exif[0x0112] = 6
     out, w, h = decode_image(_encode(img, "JPEG", exif=exif), max_pixels=LIMIT)
     assert out.size == (20, 40)
-    assert (w, h) == (40, 20)  # the file's own size is what the store records
+    assert (w, h) == (20, 40)  # recorded as the image is viewed
 
 
 def test_alpha_is_flattened_on_white():

@@ -25,6 +25,10 @@ IMAGE_SUFFIXES = frozenset(
 DECODE_MIN_SIDE = 512
 
 
+_ORIENTATION = 0x0112
+_SWAPS_SIDES = frozenset({5, 6, 7, 8})
+
+
 class ImageError(ValueError):
     """The file cannot be used as an image; ``str(err)`` is a one-line reason."""
 
@@ -72,6 +76,8 @@ def decode_image(
                 scale = min_side / min(width, height)
                 img.draft("RGB", (max(1, int(width * scale)), max(1, int(height * scale))))
             img.load()
+            if img.getexif().get(_ORIENTATION, 1) in _SWAPS_SIDES:
+                width, height = height, width  # record the size as the image is viewed
             img = ImageOps.exif_transpose(img)
             if img.mode != "RGB":
                 img = _to_rgb(img)
@@ -101,11 +107,12 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 def read_file(path: Path) -> bytes:
     """The file's bytes, or an ``ImageError`` saying in a few words why not."""
     try:
+        if not path.is_file():
+            # A FIFO or device named like an image would block or never end.
+            raise ImageError("not a regular file" if path.exists() else "no such file")
         return path.read_bytes()
     except PermissionError:
         raise ImageError("permission denied") from None
-    except IsADirectoryError:
-        raise ImageError("is a directory") from None
     except OSError as exc:
         raise ImageError(f"cannot read: {exc.strerror or exc}") from None
 

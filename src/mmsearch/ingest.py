@@ -74,7 +74,8 @@ def item_id(path: Path) -> str:
 def iter_folder(root: Path) -> Iterator[SourceItem]:
     """Image files under ``root``, recursively, in a stable order; label = parent folder.
 
-    Symbolic links to folders are not followed, so a link loop cannot trap the walk.
+    Symbolic links to folders are not followed, so a link loop cannot trap the walk. Names
+    that are not valid UTF-8 are kept as the OS gives them (surrogate escapes).
     """
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames.sort()

@@ -166,6 +166,9 @@ class Store:
         # falls back); they are noise to a user, so keep them out of the terminal.
         os.environ.setdefault("GRPC_VERBOSITY", "NONE")
         logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
+        # It also logs a traceback when a file is locked by another process; we raise a
+        # StoreError that says so instead.
+        logging.getLogger("milvus_lite.server_manager").setLevel(logging.CRITICAL)
         logging.getLogger("pymilvus.client.iterator.query_iterator").setLevel(logging.ERROR)
         from pymilvus import MilvusClient
 

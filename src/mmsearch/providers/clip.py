@@ -35,7 +35,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -385,18 +385,19 @@ def _torchvision_hint() -> str:
     return ""
 
 
-class _without_random_init_warning(AbstractContextManager[None]):  # noqa: N801 - used as a with
+@contextmanager
+def _without_random_init_warning() -> Iterator[None]:
     """Drops open_clip's root-logger warning that a model was initialised randomly."""
 
-    @staticmethod
-    def _filter(record: logging.LogRecord) -> bool:
+    def keep(record: logging.LogRecord) -> bool:
         return "initialized randomly" not in record.getMessage()
 
-    def __enter__(self) -> None:
-        logging.getLogger().addFilter(self._filter)
-
-    def __exit__(self, *exc: object) -> None:
-        logging.getLogger().removeFilter(self._filter)
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 def _pick_device(setting: str) -> str:
@@ -541,7 +542,12 @@ class _TransformersBackend(_Backend):
         # Tokenizers saved without model_max_length report a huge number; the position
         # table is the real limit.
         self.max_length = min(max_positions, int(getattr(tokenizer, "model_max_length", 1 << 30)))
-        accepted = inspect.signature(model.get_text_features).parameters
+        # Chinese-CLIP's text vector is the projected [CLS] state. Computed here rather than
+        # by get_text_features, which transformers 4.5x broke for this model (it projects a
+        # pooler_output that ChineseCLIPModel never builds: huggingface/transformers#42351).
+        self.cls_text = getattr(config, "model_type", "") == "chinese_clip"
+        text_forward = model.text_model.forward if self.cls_text else model.get_text_features
+        accepted = inspect.signature(text_forward).parameters
         self.text_inputs = [
             k for k in ("input_ids", "attention_mask", "token_type_ids") if k in accepted
         ]
@@ -567,6 +573,9 @@ class _TransformersBackend(_Backend):
             return_tensors="pt",
         )
         inputs = {k: batch[k].to(self.device) for k in self.text_inputs if k in batch}
+        if self.cls_text:
+            hidden = self.model.text_model(**inputs).last_hidden_state
+            return self.model.text_projection(hidden[:, 0, :])
         return self._features(self.model.get_text_features(**inputs))
 
 

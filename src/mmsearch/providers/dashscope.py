@@ -91,6 +91,17 @@ def _unreachable(exc: requests.RequestException) -> bool:
     return isinstance(reason, urllib3.exceptions.NewConnectionError)
 
 
+def _field(response: Any, name: str) -> Any:
+    """A field of an SDK response, ``None`` if this SDK version does not have it.
+
+    Responses are dicts with attribute access that raises ``KeyError``, not
+    ``AttributeError``, for a missing field, so ``getattr`` with a default does not work.
+    """
+    if isinstance(response, Mapping):
+        return response.get(name)
+    return getattr(response, name, None)
+
+
 def _sdk_safe_text(text: str) -> str:
     """``text`` changed just enough that the SDK cannot mistake it for a local file.
 
@@ -164,11 +175,11 @@ class DashScopeClient:
             raise ProviderError(
                 f"{SERVICE} SDK: {type(exc).__name__}: {redact(str(exc), self._key)}"
             ) from None
-        status = int(getattr(response, "status_code", 0) or 0)
+        status = int(_field(response, "status_code") or 0)
         if status != 200:
-            code = getattr(response, "code", None) or None
-            message = getattr(response, "message", None) or None
-            headers: Mapping[str, Any] | None = getattr(response, "headers", None)
+            code = _field(response, "code") or None
+            message = _field(response, "message") or None
+            headers: Mapping[str, Any] | None = _field(response, "headers")  # SDK >= 1.24
             fatal = FATAL_CODES
             if message and "model not exist" in str(message).lower():
                 fatal = fatal | {str(code)}
