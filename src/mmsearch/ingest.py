@@ -180,6 +180,9 @@ class Ingestor:
                 )
                 self._process(current, report)
                 done += len(current)
+                log.debug(
+                    "batch written: %d/%d tried, %d indexed", done, len(items), report.indexed
+                )
                 if progress:
                     progress(done, len(items))
         report.seconds = time.perf_counter() - started

@@ -151,6 +151,7 @@ class Store:
         self.collection = settings.collection
         self._client: Any = None
         self._lite_path: str | None = None
+        self._loaded = False
 
     # -- connection -------------------------------------------------------------------------
 
@@ -203,6 +204,7 @@ class Store:
             self._client.close()
         finally:
             self._client = None
+            self._loaded = False
             path, self._lite_path = self._lite_path, None
             if path is not None:
                 _release_lite(path)
@@ -255,8 +257,15 @@ class Store:
             self._create(dim, feature_dim, meta)
             return meta
         self._check(meta, embedder, dim)
-        self.client.load_collection(self.collection)
+        self._load()
         return meta
+
+    def _load(self) -> None:
+        """Load the collection for reads once per connection (a restarted Milvus, or a
+        Milvus Lite file opened again, starts with collections released)."""
+        if not self._loaded:
+            self.client.load_collection(self.collection)
+            self._loaded = True
 
     def _check(self, meta: dict[str, Any], embedder: str, dim: int) -> None:
         if meta.get("schema_version", SCHEMA_VERSION) > SCHEMA_VERSION:
@@ -315,6 +324,7 @@ class Store:
         if not self.exists():
             return False
         self.client.drop_collection(self.collection)
+        self._loaded = False
         return True
 
     # -- writes -----------------------------------------------------------------------------
@@ -357,6 +367,7 @@ class Store:
 
     def content_hashes(self, ids: Iterable[str]) -> dict[str, str]:
         """id -> stored content hash, for the ids that are present."""
+        self._load()
         ids = list(ids)
         out: dict[str, str] = {}
         for start in range(0, len(ids), 1000):
@@ -371,6 +382,7 @@ class Store:
         """Stored records by id (scalar fields, and vectors if asked), in the order given."""
         if not ids:
             return []
+        self._load()
         fields = list(OUTPUT_FIELDS)
         if with_vectors:
             fields += [IMAGE_FIELD, TEXT_FIELD]
@@ -387,6 +399,7 @@ class Store:
 
     def iter_items(self, batch_size: int = 1000) -> Iterator[Item]:
         """Every stored item (no vectors), in pages, for re-indexing and export."""
+        self._load()
         it = self.client.query_iterator(
             self.collection, batch_size=batch_size, filter="", output_fields=OUTPUT_FIELDS
         )
@@ -400,12 +413,14 @@ class Store:
         """Rename the collection (used to swap in a re-indexed copy in one step)."""
         self.client.rename_collection(self.collection, new_name)
         self.collection = new_name
+        self._loaded = False
 
     def has_feature_field(self) -> bool:
         fields = self.client.describe_collection(self.collection)["fields"]
         return any(f["name"] == FEATURE_FIELD for f in fields)
 
     def count(self) -> int:
+        self._load()
         res = self.client.query(self.collection, filter="", output_fields=["count(*)"])
         return int(res[0]["count(*)"]) if res else 0
 
@@ -419,6 +434,7 @@ class Store:
     ) -> list[list[Hit]]:
         """Nearest neighbours of each query vector in ``field``; one hit list per query."""
         vectors = np.atleast_2d(np.asarray(vectors, np.float32))
+        self._load()
         results = self.client.search(
             self.collection,
             data=vectors.tolist(),
@@ -444,7 +460,6 @@ class Store:
         meta = self.meta()
         if meta is None:
             return {"uri": self.uri, "collection": self.collection, "exists": False, "count": 0}
-        self.client.load_collection(self.collection)
         return {
             "uri": self.uri,
             "collection": self.collection,
