@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test test-clip lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,clip-hf]'
 	touch $@
 
 demo: setup
@@ -23,9 +23,22 @@ demo: setup
 test: setup
 	$(PY) -m pytest
 
+# The open_clip tests need torchvision, so they run in a venv of their own with torch 2.14.1
+# (pip takes it from local disk; about 6 GB).
+CLIP_VENV ?= .venv-clip
+$(CLIP_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(CLIP_VENV)
+	$(CLIP_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CLIP_VENV)/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(CLIP_VENV)/bin/python -m pip install --quiet -e '.[dev,clip]'
+	touch $@
+
+test-clip: $(CLIP_VENV)/.installed
+	$(CLIP_VENV)/bin/python -m pytest tests/test_clip.py
+
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(CLIP_VENV) *.egg-info .pytest_cache .ruff_cache
