@@ -8,18 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from mmsearch import MMSearch, Settings
-
-from .conftest import LION, REVERSE_CSV
+from .conftest import LION
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
@@ -29,46 +22,6 @@ pytestmark = [
     ),
 ]
 playwright_sync = pytest.importorskip("playwright.sync_api")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, cache_dir):
-    root = tmp_path_factory.mktemp("e2e")
-    db = root / "web.db"
-    with MMSearch(settings=Settings(uri=str(db), cache_dir=cache_dir)) as mm:
-        assert mm.index(REVERSE_CSV).indexed == 100
-    port = _free_port()
-    env = {**os.environ, "MMSEARCH_URI": str(db), "MMSEARCH_CACHE_DIR": str(cache_dir)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mmsearch.cli", "serve", "--port", str(port)],
-        env=env,
-        cwd=root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/api/v1/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(proc.stdout.read().decode() if proc.stdout else "server died")
-        time.sleep(0.3)
-    else:
-        proc.kill()
-        raise TimeoutError("server did not start")
-    yield base
-    proc.terminate()
-    proc.wait(timeout=20)
 
 
 def _thumbnails_loaded(page, n: int = 12) -> None:

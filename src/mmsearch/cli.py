@@ -121,6 +121,7 @@ def _report_dict(report: IngestReport) -> dict[str, Any]:
         "failed": [{"path": p, "reason": r} for p, r in report.failed],
         "seconds": round(report.seconds, 3),
         "images_per_second": round(report.images_per_second, 2),
+        "stage_seconds": {k: round(v, 3) for k, v in report.stages.items()},
     }
 
 

@@ -10,11 +10,13 @@ changed, and never duplicates anything, whether the last run finished or was kil
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import logging
 import os
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -57,6 +59,9 @@ class IngestReport:
     unchanged: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    #: Seconds spent per stage (read+decode is summed over the decode threads, which run
+    #: beside the model; the others are on the main thread). Shows where time goes.
+    stages: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
     @property
     def images_per_second(self) -> float:
@@ -127,9 +132,19 @@ class _Prepared:
     image: LoadedImage | None = None
     error: str | None = None
     unchanged: bool = False
+    seconds: float = 0.0  # spent reading and decoding, in a worker thread
 
 
 ProgressCallback = Callable[[int, int], None]
+
+
+@contextlib.contextmanager
+def _timed(report: IngestReport, stage: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        report.stages[stage] += time.perf_counter() - started
 
 
 class Ingestor:
@@ -199,6 +214,7 @@ class Ingestor:
 
     def _load(self, source: SourceItem, id_: str, known_hash: str | None) -> _Prepared:
         prepared = _Prepared(source, id_)
+        started = time.perf_counter()
         try:
             data = read_file(source.path)
         except ImageError as exc:
@@ -213,11 +229,14 @@ class Ingestor:
         except ImageError as exc:
             prepared.error = str(exc)
             return prepared
+        finally:
+            prepared.seconds = time.perf_counter() - started
         prepared.image = LoadedImage(source.path, content_hash, width, height, img)
         return prepared
 
     def _process(self, batch: list[_Prepared], report: IngestReport) -> None:
         ready = []
+        report.stages["read_decode"] += sum(p.seconds for p in batch)
         for p in batch:
             if p.unchanged:
                 report.unchanged += 1
@@ -229,7 +248,7 @@ class Ingestor:
         if not ready:
             return
         try:
-            rows = self._rows(ready)
+            rows = self._rows(ready, report)
         except FatalProviderError:
             raise
         except ProviderError as exc:
@@ -239,18 +258,23 @@ class Ingestor:
             rows = []
             for p in ready:
                 try:
-                    rows += self._rows([p])
+                    rows += self._rows([p], report)
                 except FatalProviderError:
                     raise
                 except ProviderError as one:
                     report.failed.append((str(p.source.path), f"provider error: {one}"))
-        report.indexed += self.store.upsert(rows)
+        with _timed(report, "store"):
+            report.indexed += self.store.upsert(rows)
 
-    def _rows(self, ready: list[_Prepared]) -> list[Row]:
+    def _rows(self, ready: list[_Prepared], report: IngestReport) -> list[Row]:
         images = [p.image.image for p in ready if p.image]
-        vectors = self.embedder.embed_images(images)
-        descriptions = self.describer.describe(images)
-        text_vectors = self.embedder.embed_texts([d.text for d in descriptions], query=False)
+        with _timed(report, "embed_images"):
+            vectors = self.embedder.embed_images(images)
+        with _timed(report, "describe"):
+            descriptions = self.describer.describe(images)
+        with _timed(report, "embed_texts"):
+            texts = [d.text for d in descriptions]
+            text_vectors = self.embedder.embed_texts(texts, query=False)
         now = int(time.time())
         rows = []
         for n, (p, desc) in enumerate(zip(ready, descriptions, strict=True)):

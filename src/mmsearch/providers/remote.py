@@ -151,9 +151,10 @@ def http_error(
     detail = f"HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
     detail = redact(detail, secret)
     if status in (401, 403) or (code is not None and code in auth_codes):
+        may_use = f" and that the key may use {config_hint}" if config_hint else ""
         return FatalProviderError(
             f"{service} rejected the API key ({detail}); check {key_env}"
-            + (f" and that the key may use {config_hint}" if config_hint else "")
+            + (may_use if status == 403 else "")
         )
     if status == 404 or (code is not None and code in fatal_codes):
         hint = f"; check {config_hint}" if config_hint else ""
@@ -198,6 +199,15 @@ class RateLimiter:
             self._updated = now
             self._tokens -= 1.0
             return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
+    def pause(self, seconds: float) -> None:
+        """Send nothing more for ``seconds`` (a server's ``Retry-After``): the quota is the
+        endpoint's, so one request told to wait means all of them should."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
+            self._updated = now
+            self._tokens = min(self._tokens, 1.0 - seconds * self.rate)
 
     def acquire(self, abort: threading.Event | None = None) -> None:
         """Block until a request may leave; raise ``CancelledError`` if ``abort`` is set."""
@@ -305,6 +315,9 @@ class RemoteCaller:
 
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
+            retry_after = getattr(exc, "retry_after", None)
+            if retry_after:
+                self.limiter.pause(min(retry_after, RETRY_AFTER_MAX))
             log.info(
                 "%s; retry %d of %d in %.2f s",
                 exc,
@@ -368,17 +381,12 @@ class RemoteCaller:
                     if isinstance(exc, FatalProviderError):
                         abort.set()
                         raise exc
-            failures = [
-                e
-                for f in futures
-                if (e := f.exception()) is not None and not isinstance(e, CancelledError)
-            ]
-            for f in futures:
-                exc = f.exception()
-                if exc is not None and not isinstance(exc, ProviderError):
-                    raise exc
-            if failures:
-                raise self._batch_error(failures, len(items))  # type: ignore[arg-type]
+            errors = [e for f in futures if (e := f.exception()) is not None]
+            for error in errors:
+                if not isinstance(error, ProviderError):
+                    raise error  # a bug, not a provider failure: let it surface as itself
+            if errors:
+                raise self._batch_error(errors, len(items))
             return [f.result() for f in futures]
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
