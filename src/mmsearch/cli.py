@@ -125,6 +125,13 @@ def _report_dict(report: IngestReport) -> dict[str, Any]:
     }
 
 
+def _show_report(report: IngestReport, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(_report_dict(report), ensure_ascii=False, indent=2))
+    else:
+        _print_report(report)
+
+
 def _print_report(report: IngestReport) -> None:
     console.print(
         f"[bold green]{report.indexed}[/] indexed, {report.unchanged} unchanged, "
@@ -154,10 +161,7 @@ def index(
     except _USER_ERRORS as exc:
         _fail(exc)
         return
-    if as_json:
-        print(json.dumps(_report_dict(report), ensure_ascii=False, indent=2))
-    else:
-        _print_report(report)
+    _show_report(report, as_json)
 
 
 def _hits_table(hits: list[Hit], title: str) -> Table:
@@ -260,10 +264,7 @@ def reindex(
     except _USER_ERRORS as exc:
         _fail(exc)
         return
-    if as_json:
-        print(json.dumps(_report_dict(report), ensure_ascii=False, indent=2))
-    else:
-        _print_report(report)
+    _show_report(report, as_json)
 
 
 @app.command()
