@@ -165,9 +165,16 @@ def index(
 
 
 def _hits_table(hits: list[Hit], title: str) -> Table:
-    table = Table("#", "score", "label", "description", "origin", title=title, title_justify="left")
+    """Results as a table; descriptions wrap, files show their name (--json gives full paths)."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("score")
+    table.add_column("label", overflow="fold")
+    table.add_column("description", overflow="fold", ratio=3)
+    table.add_column("file", overflow="fold", ratio=2)
     for rank, hit in enumerate(hits, 1):
-        table.add_row(str(rank), f"{hit.score:.3f}", hit.label, hit.description, hit.origin)
+        name = Path(hit.origin).name
+        table.add_row(str(rank), f"{hit.score:.3f}", hit.label, hit.description, name)
     return table
 
 
