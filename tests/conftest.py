@@ -29,6 +29,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(skip)
 
 
+@pytest.fixture
+def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retry backoff of milliseconds: tests check retry behaviour, not the wait."""
+    from mmsearch.providers import remote
+
+    monkeypatch.setattr(remote, "BACKOFF_INITIAL", 0.01)
+    monkeypatch.setattr(remote, "BACKOFF_MAX", 0.05)
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One cache for the session: class-name embeddings are computed once."""

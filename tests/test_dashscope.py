@@ -18,7 +18,6 @@ from PIL import Image
 from mmsearch import MMSearch, Mode, Settings
 from mmsearch.images import decode_image, read_file
 from mmsearch.providers import get_describer, get_embedder
-from mmsearch.providers import remote as remote_mod
 from mmsearch.providers.base import FatalProviderError, ProviderError
 from mmsearch.providers.remote import (
     MAX_IMAGE_BYTES,
@@ -49,10 +48,8 @@ SLACK = 0.15
 
 
 @pytest.fixture(autouse=True)
-def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Backoff of milliseconds: the tests check retry behaviour, not the wait."""
-    monkeypatch.setattr(remote_mod, "BACKOFF_INITIAL", 0.01)
-    monkeypatch.setattr(remote_mod, "BACKOFF_MAX", 0.05)
+def _fast(fast_backoff: None) -> None:
+    """Every test here retries with millisecond backoff (fixture in conftest)."""
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import pytest
 from mmsearch import MMSearch, Mode, Settings
 from mmsearch.images import decode_image, read_file
 from mmsearch.providers import get_describer
-from mmsearch.providers import remote as remote_mod
 from mmsearch.providers.base import FatalProviderError, ProviderError
 from mmsearch.providers.remote import PROMPT_EN, PROMPT_ZH, image_data_uri
 
@@ -23,9 +22,8 @@ MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
 
 
 @pytest.fixture(autouse=True)
-def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(remote_mod, "BACKOFF_INITIAL", 0.01)
-    monkeypatch.setattr(remote_mod, "BACKOFF_MAX", 0.05)
+def _fast(fast_backoff: None) -> None:
+    """Every test here retries with millisecond backoff (fixture in conftest)."""
 
 
 @pytest.fixture

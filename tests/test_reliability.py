@@ -256,11 +256,11 @@ def test_lite_file_in_use_by_another_process_is_a_clear_error(tmp_path, cache_di
         holder.wait()
 
 
-def test_flaky_service_loses_nothing_and_rerun_takes_only_the_failed(tmp_path, cache_dir):
+def test_flaky_service_loses_nothing_and_rerun_takes_only_the_failed(
+    tmp_path, cache_dir, fast_backoff
+):
     """DashScope failing 30 % of calls at random (429, 500, timeouts): every image ends up
     indexed or listed as failed with its reason, and a rerun sends only the failed ones."""
-    from mmsearch.providers import remote
-
     from .fake_dashscope import FakeServer
     from .test_dashscope import KEY, TIMEOUT, ds_settings
 
@@ -269,30 +269,25 @@ def test_flaky_service_loses_nothing_and_rerun_takes_only_the_failed(tmp_path, c
     for src in sorted(IMAGENET.iterdir())[100:150]:
         shutil.copy(src, folder / src.name)
     base = Settings(uri=str(tmp_path / "flaky.db"), cache_dir=cache_dir)
-    old = remote.BACKOFF_INITIAL, remote.BACKOFF_MAX
-    remote.BACKOFF_INITIAL, remote.BACKOFF_MAX = 0.01, 0.05
-    try:
-        with FakeServer(api_key=KEY, hang=TIMEOUT + 0.5) as srv:
-            srv.random_faults(0.3, seed=11)
-            settings = ds_settings(base, srv, max_retries=2, max_concurrency=4)
-            with MMSearch(settings=settings) as mm:
-                first = mm.index(folder)
-            faults = sum(1 for r in srv.log if r.fault)
-            assert first.indexed + len(first.failed) == 50, first
-            assert all("provider error" in reason for _, reason in first.failed), first.failed
-            assert faults > 30, faults
-            srv.random_faults(0.0)
-            sent_before = len(srv.log)
-            with MMSearch(settings=settings) as mm:
-                second = mm.index(folder)
-                assert second.unchanged == first.indexed
-                assert second.indexed == len(first.failed) and not second.failed
-                assert mm.stats()["count"] == 50
-            # Only the failed images travel again: one embedding and one description each.
-            image_calls = [r for r in srv.log[sent_before:] if r.kind in ("image", "describe")]
-            assert len(image_calls) == 2 * len(first.failed), [r.kind for r in image_calls]
-    finally:
-        remote.BACKOFF_INITIAL, remote.BACKOFF_MAX = old
+    with FakeServer(api_key=KEY, hang=TIMEOUT + 0.5) as srv:
+        srv.random_faults(0.3, seed=11)
+        settings = ds_settings(base, srv, max_retries=2, max_concurrency=4)
+        with MMSearch(settings=settings) as mm:
+            first = mm.index(folder)
+        faults = sum(1 for r in srv.log if r.fault)
+        assert first.indexed + len(first.failed) == 50, first
+        assert all("provider error" in reason for _, reason in first.failed), first.failed
+        assert faults > 30, faults
+        srv.random_faults(0.0)
+        sent_before = len(srv.log)
+        with MMSearch(settings=settings) as mm:
+            second = mm.index(folder)
+            assert second.unchanged == first.indexed
+            assert second.indexed == len(first.failed) and not second.failed
+            assert mm.stats()["count"] == 50
+        # Only the failed images travel again: one embedding and one description each.
+        image_calls = [r for r in srv.log[sent_before:] if r.kind in ("image", "describe")]
+        assert len(image_calls) == 2 * len(first.failed), [r.kind for r in image_calls]
     print(
         f"flaky: {faults} faults injected in {sent_before} requests; "
         f"{first.indexed} indexed, {len(first.failed)} failed then recovered on rerun"
