@@ -50,6 +50,20 @@ def settings(tmp_path: Path, cache_dir: Path) -> Settings:
 
 
 @pytest.fixture(scope="session")
+def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One embedded Milvus 2.3 server for the session (its data folder); tests sharing it
+    use collections of their own. Skipped where the milvus wheel does not exist."""
+    from mmsearch import embedded
+
+    if not embedded.available():
+        pytest.skip("the milvus package (Linux x86_64) is not installed")
+    base = tmp_path_factory.mktemp("milvus")
+    embedded.ensure_server(base, idle_timeout=0)
+    yield base
+    embedded.stop_server(base)
+
+
+@pytest.fixture(scope="session")
 def reverse_index(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path):
     """The 100 reference test images indexed once from the reference CSV."""
     db = tmp_path_factory.mktemp("reverse") / "reverse.db"

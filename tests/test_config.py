@@ -11,10 +11,25 @@ from mmsearch.config import IndexType, Language, Metric, Settings, load_settings
 def test_defaults(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     s = Settings()
-    assert s.uri == "./mmsearch.db" and s.is_lite
+    # The embedded Milvus server where its wheel is installed (this project's Linux venvs),
+    # Milvus Lite elsewhere.
+    assert s.uri == "embedded:./mmsearch-milvus" and s.is_embedded and not s.is_lite
     assert s.index_type is IndexType.HNSW and s.metric is Metric.COSINE
     assert s.language is Language.zh and s.provider == "offline"
-    assert s.effective_index_params == {"M": 16, "efConstruction": 200}
+    assert s.effective_index_params == {"M": 32, "efConstruction": 200}
+    assert s.effective_search_params == {"ef": 1024}
+
+
+def test_default_uri_without_the_milvus_wheel(monkeypatch, tmp_path):
+    import importlib.util
+
+    monkeypatch.chdir(tmp_path)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "milvus" else real(name, *a)
+    )
+    s = Settings()
+    assert s.uri == "./mmsearch.db" and s.is_lite and not s.is_embedded
 
 
 def test_toml_env_and_arguments(monkeypatch, tmp_path):

@@ -1,6 +1,11 @@
-"""Store behaviour on a real Milvus Lite file: schema, provider check, upsert by id."""
+"""Store behaviour on real Milvus: a Lite file and the embedded Milvus 2.3 server (where a
+collection keeps one vector field and the store adds side collections). Every test runs
+on both, since users get the same guarantees on either."""
 
 from __future__ import annotations
+
+import time
+import uuid
 
 import numpy as np
 import pytest
@@ -39,11 +44,21 @@ def _row(i: int, dim: int = 8, feature_dim: int = 4) -> Row:
     )
 
 
+@pytest.fixture(params=["lite", "embedded"])
+def where(request, tmp_path) -> dict[str, str]:
+    """uri and collection of a fresh collection on each backend."""
+    if request.param == "lite":
+        return {"uri": str(tmp_path / "s.db"), "collection": "c"}
+    base = request.getfixturevalue("embedded_server")
+    return {"uri": f"embedded:{base}", "collection": f"c_{uuid.uuid4().hex[:12]}"}
+
+
 @pytest.fixture
-def store(tmp_path):
-    s = Store(Settings(uri=str(tmp_path / "s.db"), collection="c"))
+def store(where):
+    s = Store(Settings(**where))
     s.open(embedder="fake", dim=8, feature_dim=4)
     yield s
+    s.drop()
     s.close()
 
 
@@ -61,13 +76,23 @@ def test_long_descriptions_are_cut_not_rejected(store):
     assert item.keywords == ["a", "b"] and (item.width, item.height) == (3, 4)
 
 
-@pytest.mark.parametrize("field", [IMAGE_FIELD, TEXT_FIELD])
+@pytest.mark.parametrize("field", [IMAGE_FIELD, TEXT_FIELD, FEATURE_FIELD])
 def test_search_returns_nearest_first(store, field):
     rows = [_row(i) for i in range(10)]
     store.upsert(rows)
-    hits = store.search(rows[3].image_embedding, field=field, k=3)[0]
+    query = rows[3].image_feature if field == FEATURE_FIELD else rows[3].image_embedding
+    hits = store.search(query, field=field, k=3, filter='label == "l"')[0]
     assert hits[0].id == "id3" and hits[0].score == pytest.approx(1.0, abs=1e-4)
     assert hits[0].score >= hits[1].score >= hits[2].score
+    # Every hit carries the stored facts, whichever collection holds the field.
+    assert hits[0].origin == "/x/3.jpg" and hits[0].content_hash == "h3"
+
+
+def test_k_above_hnsw_ef_is_served(store):
+    """HNSW refuses ef < k; the store raises ef to k instead of failing the query."""
+    store.settings = store.settings.model_copy(update={"search_params": {"ef": 4}})
+    store.upsert([_row(i) for i in range(10)])
+    assert len(store.search(_row(0).image_embedding, field=IMAGE_FIELD, k=8)[0]) == 8
 
 
 def test_feature_field_exists(store):
@@ -75,11 +100,47 @@ def test_feature_field_exists(store):
     store.upsert([_row(0)])
     rec = store.get(["id0"], with_vectors=True)[0]
     assert len(rec[FEATURE_FIELD]) == 4
+    assert np.allclose(rec[TEXT_FIELD], _row(0).text_embedding, atol=1e-6)
+    assert np.allclose(rec[IMAGE_FIELD], _row(0).image_embedding, atol=1e-6)
 
 
-def test_other_embedder_is_refused_with_a_clear_message(store, tmp_path):
+def test_delete_removes_the_item_from_every_mode(store):
+    store.upsert([_row(i) for i in range(4)])
+    store.delete(["id2"])
+    # Session consistency makes a delete visible after ~0.2 s on a server, not at once.
+    query = _row(2)
+    for _ in range(50):
+        found = {
+            field: [h.id for h in store.search(vec, field=field, k=4)[0]]
+            for field, vec in [
+                (IMAGE_FIELD, query.image_embedding),
+                (TEXT_FIELD, query.text_embedding),
+                (FEATURE_FIELD, query.image_feature),
+            ]
+        }
+        if not any("id2" in ids for ids in found.values()):
+            break
+        time.sleep(0.1)
+    assert all("id2" not in ids and len(ids) == 3 for ids in found.values()), found
+
+
+def test_rename_and_drop_take_every_part_along(store):
+    store.upsert([_row(i) for i in range(3)])
+    new = f"{store.collection}_renamed"
+    store.rename(new)
+    assert store.collection == new and store.count() == 3
+    hits = store.search(_row(1).text_embedding, field=TEXT_FIELD, k=1)[0]
+    assert hits[0].id == "id1"
+    names = set(store.client.list_collections())
+    assert all(n == new or n.startswith(new + "__") for n in names if "renamed" in n)
+    assert store.drop()
+    assert not [n for n in store.client.list_collections() if n.startswith(new)]
+    store.open(embedder="fake", dim=8, feature_dim=4)  # so the fixture can drop it
+
+
+def test_other_embedder_is_refused_with_a_clear_message(store, where):
     store.close()
-    again = Store(Settings(uri=str(tmp_path / "s.db"), collection="c"))
+    again = Store(Settings(**where))
     with pytest.raises(ProviderMismatchError, match="built with embedder 'fake'"):
         again.open(embedder="other", dim=8)
     with pytest.raises(ProviderMismatchError, match="16-d"):
@@ -88,18 +149,18 @@ def test_other_embedder_is_refused_with_a_clear_message(store, tmp_path):
     again.close()
 
 
-def test_meta_survives_reopen(store, tmp_path):
+def test_meta_survives_reopen(store, where):
     store.upsert([_row(0)])
     store.close()
-    with Store(Settings(uri=str(tmp_path / "s.db"), collection="c")) as again:
+    with Store(Settings(**where)) as again:
         stats = again.stats()
         assert stats["count"] == 1 and stats["embedder"] == "fake" and stats["dim"] == 8
         assert stats["index_type"] == "HNSW" and stats["metric"] == "COSINE"
 
 
-def test_missing_collection_is_a_clear_error(tmp_path):
+def test_missing_collection_is_a_clear_error(where):
     with (
-        Store(Settings(uri=str(tmp_path / "s.db"), collection="none")) as s,
+        Store(Settings(**{**where, "collection": "none"})) as s,
         pytest.raises(StoreError, match="does not exist"),
     ):
         s.open(embedder="fake", dim=8, create=False)

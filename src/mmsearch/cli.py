@@ -54,7 +54,10 @@ def _fail(exc: BaseException) -> None:
 
 @app.callback()
 def main(
-    uri: Annotated[str | None, typer.Option(help="Milvus Lite file or server URI.")] = None,
+    uri: Annotated[
+        str | None,
+        typer.Option(help="embedded:DIR (default), a Milvus Lite file (*.db) or a server URI."),
+    ] = None,
     collection: Annotated[str | None, typer.Option(help="Collection name.")] = None,
     provider: Annotated[str | None, typer.Option(help="Provider for vectors and text.")] = None,
     embedder: Annotated[str | None, typer.Option(help="Embedder (overrides --provider).")] = None,
@@ -249,6 +252,78 @@ def serve(
         f"{settings.uri} / {settings.collection}"
     )
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+
+
+server_app = typer.Typer(
+    help="The Milvus server that mmsearch runs for embedded:DIR URIs (the default store).",
+    no_args_is_help=True,
+)
+app.add_typer(server_app, name="server")
+
+
+def _embedded_dir() -> Path:
+    from mmsearch import embedded
+
+    settings = _settings()
+    if not settings.is_embedded:
+        _fail(
+            StoreError(
+                f"the configured URI {settings.uri!r} is not an embedded:DIR URI; "
+                "this command manages only the server mmsearch starts itself"
+            )
+        )
+    return embedded.base_dir_of(settings.uri)
+
+
+@server_app.command("status")
+def server_status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Whether the server runs, where it listens, and its process ids (exit 3 if stopped)."""
+    from mmsearch import embedded
+
+    base = _embedded_dir()
+    info = embedded.status(base)
+    if as_json:
+        print(json.dumps(asdict(info) | {"uri": info.uri} if info else {"base_dir": str(base)}))
+    elif info:
+        console.print(
+            f"running: {info.uri} · data {info.base_dir} · pid {info.milvus_pid} "
+            f"(supervisor {info.supervisor_pid})"
+        )
+    else:
+        console.print(f"not running ({base})")
+    if info is None:
+        raise typer.Exit(3)
+
+
+@server_app.command("start")
+def server_start() -> None:
+    """Start the server now (commands start it on first use anyway); it stops when idle
+    for MMSEARCH_EMBEDDED_IDLE_TIMEOUT seconds (default 1800; 0 = never)."""
+    from mmsearch import embedded
+
+    base = _embedded_dir()
+    try:
+        info, started = embedded.ensure_server(base, idle_timeout=_settings().embedded_idle_timeout)
+    except embedded.EmbeddedServerError as exc:
+        _fail(exc)
+        return
+    console.print(f"{'started' if started else 'already running'}: {info.uri} · data {base}")
+
+
+@server_app.command("stop")
+def server_stop() -> None:
+    """Flush every collection and stop the server."""
+    from mmsearch import embedded
+
+    base = _embedded_dir()
+    try:
+        stopped = embedded.stop_server(base)
+    except embedded.EmbeddedServerError as exc:
+        _fail(exc)
+        return
+    console.print("stopped" if stopped else f"not running ({base})")
 
 
 @app.command()

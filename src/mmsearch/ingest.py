@@ -169,7 +169,10 @@ class Ingestor:
         *,
         limit: int | None = None,
         progress: ProgressCallback | None = None,
+        flush: bool = True,
     ) -> IngestReport:
+        """Index ``source``; with ``flush`` (servers only) persist the rows at the end, which
+        costs a few seconds but makes them visible at once after a server restart."""
         items = list(iter_source(source) if isinstance(source, (str, Path)) else source)
         if limit is not None:
             items = items[:limit]
@@ -200,6 +203,9 @@ class Ingestor:
                 )
                 if progress:
                     progress(done, len(items))
+        if report.indexed and flush:
+            with _timed(report, "flush"):
+                self.store.flush()
         report.seconds = time.perf_counter() - started
         return report
 

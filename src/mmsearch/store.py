@@ -3,6 +3,14 @@
 The store knows nothing of models: it keeps vectors and the facts about each file. It owns
 its schema and records which embedder made a collection (and at which dimension), because
 vectors from two models are not comparable and mixing them silently gives garbage results.
+
+Three kinds of Milvus sit behind one interface: a Milvus Lite file, the Milvus server that
+mmsearch starts for ``embedded:DIR`` URIs (``embedded.py``), and any server by URI. Milvus
+before 2.4 (the embedded one is 2.3) allows one vector field per collection, so there each
+extra vector field lives in a side collection ``<name>__<field>`` that repeats the scalar
+fields (so filters and results need no second lookup). Writes go to the side collections
+first and to the main one last: the main collection's content hash is what marks a file as
+indexed, so a crash between the two is repaired by the next run.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from mmsearch import embedded
 from mmsearch.config import Settings
 
 log = logging.getLogger(__name__)
@@ -42,6 +51,9 @@ OUTPUT_FIELDS = [
     "height",
     "indexed_at",
 ]
+
+_VECTOR_FIELDS = (IMAGE_FIELD, TEXT_FIELD, FEATURE_FIELD)
+_SIDE_FIELDS = (TEXT_FIELD, FEATURE_FIELD)
 
 _VARCHAR_LIMITS = {
     "id": 64,
@@ -142,8 +154,24 @@ def _truncate(value: str, limit: int) -> str:
     return data[:limit].decode("utf-8", errors="ignore")
 
 
+#: Consistency for collections on a server. Session reads this client's own writes at once
+#: and does not wait for the whole cluster's clock: with Milvus's default (Bounded) the first
+#: query after a server restart waited 22-25 s, with Session 0.08 s (bench/README.md).
+CONSISTENCY = "Session"
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    """``"v2.3.5-lite"`` -> (2, 3, 5); unknown parts count as 0."""
+    parts = []
+    for piece in text.lstrip("vV").split("-", 1)[0].split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
 class Store:
-    """One Milvus collection, reached through ``MilvusClient`` (Lite file or server URI)."""
+    """One Milvus collection, reached through ``MilvusClient`` (Lite file, embedded server
+    or server URI)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -151,7 +179,9 @@ class Store:
         self.collection = settings.collection
         self._client: Any = None
         self._lite_path: str | None = None
+        self._holder: Path | None = None
         self._loaded = False
+        self._split: bool | None = None
 
     # -- connection -------------------------------------------------------------------------
 
@@ -174,7 +204,9 @@ class Store:
         from pymilvus import MilvusClient
 
         uri = self.uri
-        if self.settings.is_lite:
+        if self.settings.is_embedded:
+            uri = self._start_embedded()
+        elif self.settings.is_lite:
             path = Path(uri).expanduser()
             if path.parent and not path.parent.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -188,14 +220,31 @@ class Store:
                 self._lite_path = os.path.abspath(uri)
             return client
         except Exception as exc:  # pymilvus raises several unrelated types here
+            if self._holder is not None:
+                embedded.remove_holder(self._holder)
+                self._holder = None
             if self.settings.is_lite:
                 hint = (
                     "Milvus Lite allows one process per file: stop the other mmsearch process "
                     "using it (for example `mmsearch serve`), or use a Milvus server URI"
                 )
+            elif self.settings.is_embedded:
+                hint = "see `mmsearch server status` and the logs in the server's folder"
             else:
                 hint = "check that the Milvus server is running and reachable, and the token"
             raise StoreError(f"cannot open Milvus at {self.uri!r}: {exc}. {hint}.") from exc
+
+    def _start_embedded(self) -> str:
+        """Attach to (or start) the Milvus server for an ``embedded:DIR`` URI; its address."""
+        base_dir = embedded.base_dir_of(self.uri)
+        try:
+            info, _ = embedded.ensure_server(
+                base_dir, idle_timeout=self.settings.embedded_idle_timeout
+            )
+        except embedded.EmbeddedServerError as exc:
+            raise StoreError(f"cannot open Milvus at {self.uri!r}: {exc}") from exc
+        self._holder = embedded.add_holder(base_dir)
+        return info.uri
 
     def close(self) -> None:
         if self._client is None:
@@ -205,9 +254,13 @@ class Store:
         finally:
             self._client = None
             self._loaded = False
+            self._split = None
             path, self._lite_path = self._lite_path, None
             if path is not None:
                 _release_lite(path)
+            holder, self._holder = self._holder, None
+            if holder is not None:
+                embedded.remove_holder(holder)
 
     def __enter__(self) -> Store:
         return self
@@ -216,6 +269,35 @@ class Store:
         self.close()
 
     # -- collection -------------------------------------------------------------------------
+
+    @property
+    def split(self) -> bool:
+        """Whether each extra vector field needs a side collection (Milvus before 2.4)."""
+        if self._split is None:
+            if self.settings.is_lite:
+                self._split = False
+            else:
+                version = str(self.client.get_server_version())
+                self._split = _version_tuple(version) < (2, 4)
+        return self._split
+
+    def _side(self, field: str, collection: str | None = None) -> str:
+        return f"{collection or self.collection}__{field}"
+
+    def _collection_of(self, field: str) -> str:
+        """The collection that holds vector ``field``."""
+        return self._side(field) if self.split and field != IMAGE_FIELD else self.collection
+
+    def _all_collections(self, collection: str | None = None) -> list[str]:
+        """The main collection and its side collections that exist, sides first."""
+        name = collection or self.collection
+        if not self.split:
+            return [name]
+        sides = [self._side(f, name) for f in (TEXT_FIELD, FEATURE_FIELD)]
+        return [c for c in sides if self.client.has_collection(c)] + [name]
+
+    def _server_kwargs(self) -> dict[str, Any]:
+        return {} if self.settings.is_lite else {"consistency_level": CONSISTENCY}
 
     def exists(self) -> bool:
         return bool(self.client.has_collection(self.collection))
@@ -264,7 +346,8 @@ class Store:
         """Load the collection for reads once per connection (a restarted Milvus, or a
         Milvus Lite file opened again, starts with collections released)."""
         if not self._loaded:
-            self.client.load_collection(self.collection)
+            for name in self._all_collections():
+                self.client.load_collection(name)
             self._loaded = True
 
     def _check(self, meta: dict[str, Any], embedder: str, dim: int) -> None:
@@ -283,6 +366,22 @@ class Store:
             )
 
     def _create(self, dim: int, feature_dim: int, meta: dict[str, Any]) -> None:
+        vectors = {IMAGE_FIELD: dim, TEXT_FIELD: dim}
+        if feature_dim:
+            vectors[FEATURE_FIELD] = feature_dim
+        if not self.split:
+            self._create_one(self.collection, vectors, meta)
+        else:
+            for name, d in vectors.items():
+                if name != IMAGE_FIELD:
+                    self._create_one(self._side(name), {name: d}, None)
+            self._create_one(self.collection, {IMAGE_FIELD: dim}, meta)
+        self._loaded = True  # create_collection with index params loads it
+        log.info("created collection %s at %s (%s)", self.collection, self.uri, meta)
+
+    def _create_one(
+        self, collection: str, vectors: dict[str, int], meta: dict[str, Any] | None
+    ) -> None:
         from pymilvus import DataType, MilvusClient
 
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -297,14 +396,11 @@ class Store:
         schema.add_field("width", DataType.INT32)
         schema.add_field("height", DataType.INT32)
         schema.add_field("indexed_at", DataType.INT64)
-        schema.add_field(IMAGE_FIELD, DataType.FLOAT_VECTOR, dim=dim)
-        schema.add_field(TEXT_FIELD, DataType.FLOAT_VECTOR, dim=dim)
-        if feature_dim:
-            schema.add_field(FEATURE_FIELD, DataType.FLOAT_VECTOR, dim=feature_dim)
+        for name, d in vectors.items():
+            schema.add_field(name, DataType.FLOAT_VECTOR, dim=d)
 
         index_params = self.client.prepare_index_params()
-        fields = [IMAGE_FIELD, TEXT_FIELD] + ([FEATURE_FIELD] if feature_dim else [])
-        for name in fields:
+        for name in vectors:
             index_params.add_index(
                 field_name=name,
                 index_type=self.settings.index_type.value,
@@ -312,20 +408,28 @@ class Store:
                 params=self.settings.effective_index_params,
             )
         self.client.create_collection(
-            self.collection,
+            collection,
             schema=schema,
             index_params=index_params,
-            properties={META_KEY: json.dumps(meta, ensure_ascii=False)},
+            properties={META_KEY: json.dumps(meta, ensure_ascii=False)} if meta else {},
+            **self._server_kwargs(),
         )
-        log.info("created collection %s at %s (%s)", self.collection, self.uri, meta)
 
     def drop(self) -> bool:
         """Delete the collection; returns whether it existed."""
         if not self.exists():
             return False
-        self.client.drop_collection(self.collection)
+        for name in self._all_collections():
+            self.client.drop_collection(name)
         self._loaded = False
         return True
+
+    def flush(self) -> None:
+        """Persist what was written (servers only): unflushed rows are replayed from the log
+        after a server restart, and stay invisible until then (~25 s, measured)."""
+        if not self.settings.is_lite and self._client is not None and self.exists():
+            for name in self._all_collections():
+                self.client.flush(name)
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -356,12 +460,23 @@ class Store:
             if row.image_feature is not None:
                 record[FEATURE_FIELD] = np.asarray(row.image_feature, np.float32).tolist()
             data.append(record)
+        if self.split:
+            for vec in _SIDE_FIELDS:
+                side = [
+                    {k: v for k, v in r.items() if k not in _VECTOR_FIELDS or k == vec}
+                    for r in data
+                    if vec in r
+                ]
+                if side:
+                    self.client.upsert(self._side(vec), side)
+            data = [{k: v for k, v in r.items() if k not in _SIDE_FIELDS} for r in data]
         result = self.client.upsert(self.collection, data)
         return int(result.get("upsert_count", len(data)))
 
     def delete(self, ids: Sequence[str]) -> None:
         if ids:
-            self.client.delete(self.collection, ids=list(ids))
+            for name in self._all_collections():
+                self.client.delete(name, ids=list(ids))
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -384,14 +499,23 @@ class Store:
             return []
         self._load()
         fields = list(OUTPUT_FIELDS)
+        vectors = []
         if with_vectors:
-            fields += [IMAGE_FIELD, TEXT_FIELD]
+            vectors = [IMAGE_FIELD, TEXT_FIELD]
             if self.has_feature_field():
-                fields.append(FEATURE_FIELD)
+                vectors.append(FEATURE_FIELD)
+        main = [f for f in vectors if self._collection_of(f) == self.collection]
         found = {
-            r["id"]: r
-            for r in self.client.query(self.collection, ids=list(ids), output_fields=fields)
+            r["id"]: dict(r)
+            for r in self.client.query(self.collection, ids=list(ids), output_fields=fields + main)
         }
+        for name in vectors:
+            if name in main:
+                continue
+            for r in self.client.query(
+                self._collection_of(name), ids=list(found), output_fields=[name]
+            ):
+                found[r["id"]][name] = r[name]
         return [found[i] for i in ids if i in found]
 
     def items(self, ids: Sequence[str]) -> list[Item]:
@@ -410,12 +534,21 @@ class Store:
             it.close()
 
     def rename(self, new_name: str) -> None:
-        """Rename the collection (used to swap in a re-indexed copy in one step)."""
-        self.client.rename_collection(self.collection, new_name)
+        """Rename the collection (used to swap in a re-indexed copy in one step).
+
+        On a server, unflushed rows are not visible under the new name (measured: count 0
+        after renaming on Milvus 2.3), so flush first.
+        """
+        self.flush()
+        for name in self._all_collections():
+            suffix = name[len(self.collection) :]  # "" or "__<field>"
+            self.client.rename_collection(name, new_name + suffix)
         self.collection = new_name
         self._loaded = False
 
     def has_feature_field(self) -> bool:
+        if self.split:
+            return bool(self.client.has_collection(self._side(FEATURE_FIELD)))
         fields = self.client.describe_collection(self.collection)["fields"]
         return any(f["name"] == FEATURE_FIELD for f in fields)
 
@@ -435,17 +568,17 @@ class Store:
         """Nearest neighbours of each query vector in ``field``; one hit list per query."""
         vectors = np.atleast_2d(np.asarray(vectors, np.float32))
         self._load()
+        params = dict(self.settings.effective_search_params)
+        if "ef" in params:  # HNSW refuses ef < k
+            params["ef"] = max(int(params["ef"]), k)
         results = self.client.search(
-            self.collection,
+            self._collection_of(field),
             data=vectors.tolist(),
             anns_field=field,
             limit=k,
             filter=filter,
             output_fields=OUTPUT_FIELDS,
-            search_params={
-                "metric_type": self.settings.metric.value,
-                "params": self.settings.effective_search_params,
-            },
+            search_params={"metric_type": self.settings.metric.value, "params": params},
         )
         out: list[list[Hit]] = []
         for hits in results:
