@@ -8,7 +8,7 @@ first mmsearch process that needs it starts the server there; later ones attach 
 
 Lifecycle:
 
-- The server runs under a small supervisor process (``python -m mmsearch.embedded run``),
+- The server runs under a small supervisor process (``run_supervisor``),
   in its own session, so it outlives the command that started it and a Ctrl+C in that
   terminal does not kill it mid-write. A state file in DIR says where it listens.
 - Every process using the server leaves a *holder* file (its pid) in DIR while connected.
@@ -81,6 +81,9 @@ def available() -> bool:
 
 
 def _pid_alive(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):  # reap it if it is our exited child
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -146,8 +149,8 @@ def ensure_server(base_dir: Path, *, idle_timeout: float = 1800.0) -> tuple[Serv
             proc = subprocess.Popen(
                 [
                     sys.executable,
-                    "-m",
-                    "mmsearch.embedded",
+                    "-c",
+                    "import sys; from mmsearch.embedded import main; sys.exit(main())",
                     "run",
                     str(base_dir),
                     "--idle-timeout",
@@ -191,8 +194,6 @@ def stop_server(base_dir: Path, *, timeout: float = 120.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and _pid_alive(info.supervisor_pid):
         time.sleep(0.2)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(info.supervisor_pid, os.WNOHANG)  # reap it if it is our child
     if _pid_alive(info.supervisor_pid):
         raise EmbeddedServerError(f"the Milvus server in {base_dir} did not stop in {timeout} s")
     return True

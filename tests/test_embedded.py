@@ -1,0 +1,138 @@
+"""The embedded Milvus server behind ``embedded:DIR`` URIs, the default store: started on
+first use, shared by processes, stopped when told or when idle, data kept across restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mmsearch import MMSearch, Settings, embedded
+
+from .conftest import LION, REVERSE_CSV
+
+pytestmark = pytest.mark.skipif(
+    not embedded.available(), reason="the milvus package (Linux x86_64) is not installed"
+)
+
+
+def _cli(cwd: Path, env: dict[str, str], *args: str, timeout: float = 600):
+    return subprocess.run(
+        [sys.executable, "-m", "mmsearch.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _env(cache_dir: Path, **more: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MMSEARCH_")}
+    return {**env, "MMSEARCH_CACHE_DIR": str(cache_dir), **more}
+
+
+def _wait_gone(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not embedded._pid_alive(pid):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.datasets
+def test_default_store_from_first_index_to_restart(tmp_path, cache_dir):
+    """What a user does in an empty folder with no configuration at all."""
+    env = _env(cache_dir)
+    base = tmp_path / "mmsearch-milvus"
+    try:
+        assert _cli(tmp_path, env, "server", "status").returncode == 3
+
+        done = _cli(tmp_path, env, "index", str(REVERSE_CSV), "--json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["indexed"] == 100
+        status = _cli(tmp_path, env, "server", "status", "--json")
+        assert status.returncode == 0, status.stdout
+        info = json.loads(status.stdout)
+        assert Path(info["base_dir"]) == base.resolve()
+
+        # Another process attaches to the same server, and several may write at once
+        # (with a Milvus Lite file the second one is refused).
+        settings = Settings(uri=f"embedded:{base}", cache_dir=cache_dir)
+        with MMSearch(settings=settings) as mm:
+            assert mm.store.count() == 100
+            more = _cli(tmp_path, env, "index", str(LION.parent), "--json")
+            assert more.returncode == 0, more.stderr
+            assert json.loads(more.stdout)["unchanged"] == 1  # the lion is already there
+            hits = mm.search("狮子", k=3)
+            assert "lion" in [h.label for h in hits]
+        found = _cli(tmp_path, env, "search", "lion", "--json", "-k", "3")
+        assert found.returncode == 0, found.stderr
+        assert "lion" in [h["label"] for h in json.loads(found.stdout)]
+        assert embedded.status(base).supervisor_pid == info["supervisor_pid"]
+
+        stopped = _cli(tmp_path, env, "server", "stop")
+        assert stopped.returncode == 0 and "stopped" in stopped.stdout
+        assert _wait_gone(info["milvus_pid"], 10) and _wait_gone(info["supervisor_pid"], 10)
+        assert _cli(tmp_path, env, "server", "status").returncode == 3
+
+        # The next command starts it again; everything indexed is still there, and the
+        # first query does not wait for the cluster clock (Session consistency).
+        again = _cli(tmp_path, env, "search", "--image", str(LION), "--json", "-k", "1")
+        assert again.returncode == 0, again.stderr
+        first = json.loads(again.stdout)[0]
+        assert first["label"] == "lion" and first["score"] > 0.99
+        stats = json.loads(_cli(tmp_path, env, "stats", "--json").stdout)
+        assert stats["count"] == 100 and stats["uri"] == "embedded:./mmsearch-milvus"
+    finally:
+        embedded.stop_server(base)
+
+
+def test_idle_server_stops_unless_a_process_holds_it(tmp_path):
+    base = tmp_path / "idle"
+    info, started = embedded.ensure_server(base, idle_timeout=2)
+    try:
+        assert started
+        # A second caller attaches instead of starting another server.
+        again, started_again = embedded.ensure_server(base, idle_timeout=2)
+        assert not started_again and again == info
+
+        holder = embedded.add_holder(base)
+        time.sleep(2 * embedded.POLL_SECONDS + 2)
+        assert embedded.status(base) == info, "stopped while a process held it"
+
+        embedded.remove_holder(holder)
+        assert _wait_gone(info.supervisor_pid, 4 * embedded.POLL_SECONDS + 20)
+        assert not embedded._pid_alive(info.milvus_pid)
+        assert not (base / embedded.STATE_FILE).exists()
+        assert embedded.status(base) is None
+    finally:
+        embedded.stop_server(base)
+
+
+def test_a_killed_server_is_replaced_on_next_use(tmp_path):
+    """After a crash (or reboot) the stale state file must not block the next command."""
+    base = tmp_path / "crash"
+    info, _ = embedded.ensure_server(base, idle_timeout=0)
+    try:
+        os.kill(info.supervisor_pid, signal.SIGKILL)
+        os.kill(info.milvus_pid, signal.SIGKILL)
+        assert _wait_gone(info.milvus_pid, 10)
+        assert embedded.status(base) is None
+        fresh, started = embedded.ensure_server(base, idle_timeout=0)
+        assert started and fresh.milvus_pid != info.milvus_pid
+    finally:
+        embedded.stop_server(base)
+
+
+def test_server_commands_refuse_other_uris(tmp_path, cache_dir):
+    env = _env(cache_dir, MMSEARCH_URI=str(tmp_path / "x.db"))
+    out = _cli(tmp_path, env, "server", "status")
+    assert out.returncode == 1 and "not an embedded:DIR URI" in " ".join(out.stderr.split())
