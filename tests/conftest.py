@@ -50,7 +50,7 @@ def settings(tmp_path: Path, cache_dir: Path) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def embedded_server(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
     """One embedded Milvus 2.3 server for the session (its data folder); tests sharing it
     use collections of their own. Skipped where the milvus wheel does not exist."""
     from mmsearch import embedded
@@ -58,7 +58,7 @@ def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not embedded.available():
         pytest.skip("the milvus package (Linux x86_64) is not installed")
     base = tmp_path_factory.mktemp("milvus")
-    embedded.ensure_server(base, idle_timeout=0)
+    embedded.ensure_server(base, idle_timeout=0, bin_cache=cache_dir)
     yield base
     embedded.stop_server(base)
 

@@ -62,6 +62,9 @@ def test_default_store_from_first_index_to_restart(tmp_path, cache_dir):
         assert status.returncode == 0, status.stdout
         info = json.loads(status.stdout)
         assert Path(info["base_dir"]) == base.resolve()
+        # The 246 MB of server binaries are unpacked once per machine, not per folder.
+        assert (base / "bin").is_symlink()
+        assert (base / "bin").resolve().is_relative_to(cache_dir.resolve())
 
         # Another process attaches to the same server, and several may write at once
         # (with a Milvus Lite file the second one is refused).
@@ -95,13 +98,13 @@ def test_default_store_from_first_index_to_restart(tmp_path, cache_dir):
         embedded.stop_server(base)
 
 
-def test_idle_server_stops_unless_a_process_holds_it(tmp_path):
+def test_idle_server_stops_unless_a_process_holds_it(tmp_path, cache_dir):
     base = tmp_path / "idle"
-    info, started = embedded.ensure_server(base, idle_timeout=2)
+    info, started = embedded.ensure_server(base, idle_timeout=2, bin_cache=cache_dir)
     try:
         assert started
         # A second caller attaches instead of starting another server.
-        again, started_again = embedded.ensure_server(base, idle_timeout=2)
+        again, started_again = embedded.ensure_server(base, idle_timeout=2, bin_cache=cache_dir)
         assert not started_again and again == info
 
         holder = embedded.add_holder(base)
@@ -117,16 +120,16 @@ def test_idle_server_stops_unless_a_process_holds_it(tmp_path):
         embedded.stop_server(base)
 
 
-def test_a_killed_server_is_replaced_on_next_use(tmp_path):
+def test_a_killed_server_is_replaced_on_next_use(tmp_path, cache_dir):
     """After a crash (or reboot) the stale state file must not block the next command."""
     base = tmp_path / "crash"
-    info, _ = embedded.ensure_server(base, idle_timeout=0)
+    info, _ = embedded.ensure_server(base, idle_timeout=0, bin_cache=cache_dir)
     try:
         os.kill(info.supervisor_pid, signal.SIGKILL)
         os.kill(info.milvus_pid, signal.SIGKILL)
         assert _wait_gone(info.milvus_pid, 10)
         assert embedded.status(base) is None
-        fresh, started = embedded.ensure_server(base, idle_timeout=0)
+        fresh, started = embedded.ensure_server(base, idle_timeout=0, bin_cache=cache_dir)
         assert started and fresh.milvus_pid != info.milvus_pid
     finally:
         embedded.stop_server(base)

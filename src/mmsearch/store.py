@@ -239,7 +239,9 @@ class Store:
         base_dir = embedded.base_dir_of(self.uri)
         try:
             info, _ = embedded.ensure_server(
-                base_dir, idle_timeout=self.settings.embedded_idle_timeout
+                base_dir,
+                idle_timeout=self.settings.embedded_idle_timeout,
+                bin_cache=self.settings.cache_dir,
             )
         except embedded.EmbeddedServerError as exc:
             raise StoreError(f"cannot open Milvus at {self.uri!r}: {exc}") from exc
