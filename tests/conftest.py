@@ -87,14 +87,27 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory, cache_dir):
-    """`mmsearch serve` in a subprocess on loopback over the 100 reference images."""
+def server(request, tmp_path_factory, cache_dir):
+    """`mmsearch serve` in a subprocess on loopback over the 100 reference images, on the
+    default store."""
     root = tmp_path_factory.mktemp("e2e")
-    db = root / "web.db"
-    with MMSearch(settings=Settings(uri=str(db), cache_dir=cache_dir)) as mm:
+    from mmsearch import embedded
+
+    # The default store where it exists: the embedded server, shared with the indexing
+    # process here (with a Lite file the two processes could not share the data).
+    if embedded.available():
+        uri = f"embedded:{request.getfixturevalue('embedded_server')}"
+    else:
+        uri = str(root / "web.db")
+    with MMSearch(settings=Settings(uri=uri, collection="web", cache_dir=cache_dir)) as mm:
         assert mm.index(REVERSE_CSV).indexed == 100
     port = _free_port()
-    env = {**os.environ, "MMSEARCH_URI": str(db), "MMSEARCH_CACHE_DIR": str(cache_dir)}
+    env = {
+        **os.environ,
+        "MMSEARCH_URI": uri,
+        "MMSEARCH_COLLECTION": "web",
+        "MMSEARCH_CACHE_DIR": str(cache_dir),
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "mmsearch.cli", "serve", "--port", str(port)],
         env=env,
