@@ -37,3 +37,31 @@ def test_score_averages_over_queries():
 
 def test_no_queries_is_empty_not_an_error():
     assert Score.of("text2text", "none", []).n == 0
+
+
+def test_captions_outside_train_are_also_scored_on_their_own(tmp_path):
+    from mmsearch.eval import read_captions
+
+    tsv = tmp_path / "captions.tsv"
+    tsv.write_text(
+        "image\tsplit\tlang\tsource\tidx\tcaption\n"
+        "a.jpg\ttrain\ten\ten_x\t0\ta dog\n"
+        "b.jpg\tval\ten\ten_x\t0\ta cat\n"
+        "b.jpg\tval\tzh\tzh_y\t0\t一只猫\n",
+        encoding="utf-8",
+    )
+    assert read_captions(tsv) == [
+        ("a.jpg", "en, en_x", "a dog"),
+        ("b.jpg", "en, en_x", "a cat"),
+        ("b.jpg", "en, en_x, val only", "a cat"),
+        ("b.jpg", "zh, zh_y", "一只猫"),
+        ("b.jpg", "zh, zh_y, val only", "一只猫"),
+    ]
+
+
+def test_captions_without_split_column_are_unchanged(tmp_path):
+    from mmsearch.eval import read_captions
+
+    tsv = tmp_path / "captions.tsv"
+    tsv.write_text("image\tlang\tcaption\na.jpg\ten\ta dog\n", encoding="utf-8")
+    assert read_captions(tsv) == [("a.jpg", "en", "a dog")]

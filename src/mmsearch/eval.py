@@ -99,7 +99,7 @@ def _batched(
         chunk = texts[start : start + 256]
         vectors = mm.embedder.embed_texts(chunk, query=True)
         for mode in modes:
-            hits = mm.searcher.search_vectors(vectors, mode=mode, k=k)
+            hits = mm.searcher.search_vectors(vectors, mode=mode, k=k, texts=chunk)
             out[mode] += [[h.id for h in row] for row in hits]
     return out
 
@@ -151,40 +151,48 @@ def evaluate_labels(
 
 
 def read_captions(path: Path) -> list[tuple[str, str, str]]:
-    """(image file name, language group, caption) rows of a captions TSV."""
+    """(image file name, query group, caption) rows of a captions TSV.
+
+    With a ``source`` column (e.g. human-written vs machine-translated) the sources are
+    kept apart. With a ``split`` column, captions outside the ``train`` split are also
+    scored on their own ("..., val only"), still ranked among all the images: a model
+    that learned anything on the train split is judged fairly only there.
+    """
     with path.open(encoding="utf-8", newline="") as fh:
         reader = csv.DictReader(fh, delimiter="\t")
         missing = {"image", "lang", "caption"} - set(reader.fieldnames or [])
         if missing:
             raise ValueError(f"{path}: captions TSV lacks columns {sorted(missing)}")
-        # With a `source` column (e.g. human-written vs machine-translated), keep them apart.
-        return [
-            (
-                r["image"],
-                f"{r['lang']}, {r['source']}" if r.get("source") else r["lang"],
-                r["caption"],
-            )
-            for r in reader
-            if r["caption"]
-        ]
+        rows = []
+        for r in reader:
+            if not r["caption"]:
+                continue
+            group = f"{r['lang']}, {r['source']}" if r.get("source") else r["lang"]
+            rows.append((r["image"], group, r["caption"]))
+            split = (r.get("split") or "").strip()
+            if split and split != "train":
+                rows.append((r["image"], f"{group}, {split} only", r["caption"]))
+        return rows
 
 
 def evaluate_captions(
     mm: MMSearch, captions: list[tuple[str, str, str]], images_dir: Path, k: int = 10
 ) -> list[Score]:
-    """Caption -> its image, per language, for text2image and text2text."""
+    """Caption -> its image, per query group, for text2image and text2text."""
     from mmsearch.ingest import item_id
 
-    by_lang: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for image, lang, caption in captions:
-        by_lang[lang].append((caption, item_id(images_dir / image)))
+    by_group: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for image, group, caption in captions:
+        by_group[group].append((caption, item_id(images_dir / image)))
+    # Each distinct caption is embedded and searched once, whichever groups it is in.
+    texts = sorted({c for pairs in by_group.values() for c, _ in pairs})
+    ranked_by_mode = _batched(mm, texts, [Mode.text2image, Mode.text2text], k)
     scores = []
-    for lang in sorted(by_lang):
-        texts = [c for c, _ in by_lang[lang]]
-        ranked_by_mode = _batched(mm, texts, [Mode.text2image, Mode.text2text], k)
+    for group in sorted(by_group):
         for mode, ranked in ranked_by_mode.items():
-            runs = [(r, {rel}) for r, (_, rel) in zip(ranked, by_lang[lang], strict=True)]
-            scores.append(Score.of(mode.value, f"captions ({lang})", runs))
+            by_text = dict(zip(texts, ranked, strict=True))
+            runs = [(by_text[c], {rel}) for c, rel in by_group[group]]
+            scores.append(Score.of(mode.value, f"captions ({group})", runs))
     return scores
 
 

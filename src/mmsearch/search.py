@@ -2,7 +2,8 @@
 
 Mode names are the same everywhere (CLI, API, Python, docs):
 
-- ``text2image``: a text against the images' vectors (``image_embedding``);
+- ``text2image``: a text against the images' vectors (``image_feature`` when the embedder
+  can map texts into it, see ``FeatureQueries``, else ``image_embedding``);
 - ``text2text``: a text against the descriptions' vectors (``text_embedding``);
 - ``image2image``: an image against the images (``image_feature`` when the embedder has an
   image-only space, else ``image_embedding``);
@@ -11,6 +12,7 @@ Mode names are the same everywhere (CLI, API, Python, docs):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
@@ -18,9 +20,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mmsearch.config import Settings
+from mmsearch.config import Metric, Settings
 from mmsearch.images import ImageError, decode_image, read_file
 from mmsearch.providers import Embedder, get_embedder
+from mmsearch.providers.base import feature_queries
 from mmsearch.store import FEATURE_FIELD, IMAGE_FIELD, TEXT_FIELD, Hit, Store
 
 
@@ -53,6 +56,8 @@ class Searcher:
         self.embedder = embedder or get_embedder(settings)
         meta = self.store.open(embedder=self.embedder.name, dim=self.embedder.dim, create=False)
         self.has_features = bool(meta.get("feature_dim")) and self.embedder.feature_dim > 0
+        #: The embedder's optional mapping of queries into ``image_feature`` (or None).
+        self.feature_queries = feature_queries(self.embedder) if self.has_features else None
 
     def search(
         self,
@@ -84,14 +89,27 @@ class Searcher:
         if not texts or not all(texts):
             raise QueryError("the text query is empty")
         vectors = self.embedder.embed_texts(texts, query=True)
-        return self.search_vectors(vectors, mode=mode, k=k, filter=filter)
+        return self.search_vectors(vectors, mode=mode, k=k, filter=filter, texts=texts)
 
     def search_vectors(
-        self, vectors: np.ndarray, *, mode: Mode, k: int, filter: str = ""
+        self,
+        vectors: np.ndarray,
+        *,
+        mode: Mode,
+        k: int,
+        filter: str = "",
+        texts: Sequence[str] | None = None,
     ) -> list[list[Hit]]:
-        """Text-mode search with query vectors already embedded (one per row)."""
+        """Text-mode search with query vectors already embedded (one per row).
+
+        ``texts`` (the queries the rows came from) lets an embedder that maps queries into
+        ``image_feature`` pick per-language class names; without them it uses both.
+        """
         if mode.takes_image:
             raise QueryError(f"search_vectors takes text-mode vectors, not {mode.value}")
+        if mode is Mode.text2image and self.feature_queries is not None:
+            query = self.feature_queries.text_feature_queries(np.atleast_2d(vectors), texts)
+            return self.store.search(query, field=FEATURE_FIELD, k=k, filter=filter)
         field = IMAGE_FIELD if mode is Mode.text2image else TEXT_FIELD
         return self.store.search(vectors, field=field, k=k, filter=filter)
 
@@ -108,7 +126,7 @@ class Searcher:
             return []
         vectors = self.embedder.embed_images(images)
         if mode is Mode.image2image and self.has_features and vectors.features is not None:
-            query, field = vectors.features, FEATURE_FIELD
+            return self._search_image_features(vectors.features, k=k, filter=filter)
         elif mode is Mode.image2image:
             query, field = vectors.shared, IMAGE_FIELD
         else:
@@ -123,7 +141,34 @@ class Searcher:
         rec = records[0]
         field = FEATURE_FIELD if self.has_features and FEATURE_FIELD in rec else IMAGE_FIELD
         vector = np.asarray(rec[field], np.float32)
+        if field == FEATURE_FIELD:
+            return self._search_image_features(vector, k=k, filter=filter)[0]
         return self.store.search(vector, field=field, k=k, filter=filter)[0]
+
+    def _search_image_features(
+        self, features: np.ndarray, *, k: int, filter: str
+    ) -> list[list[Hit]]:
+        """Image->image in ``image_feature``, through the embedder's query mapping if any."""
+        features = np.atleast_2d(np.asarray(features, np.float32))
+        fq = self.feature_queries
+        if fq is None:
+            return self.store.search(features, field=FEATURE_FIELD, k=k, filter=filter)
+        hits = self.store.search(
+            fq.image_feature_queries(features), field=FEATURE_FIELD, k=k, filter=filter
+        )
+        scale = float(fq.image_feature_score_scale)
+        if scale in (0.0, 1.0):
+            return hits
+        return [[self._rescaled(h, scale) for h in row] for row in hits]
+
+    def _rescaled(self, hit: Hit, scale: float) -> Hit:
+        """A score as if the query matched the whole stored vector (identical image: 1.0;
+        L2: Milvus's squared distance between unit vectors, 2 - 2 * similarity)."""
+        if self.settings.metric is Metric.L2:
+            score = 2.0 - (2.0 - hit.score) / scale
+        else:
+            score = hit.score / scale
+        return dataclasses.replace(hit, score=score)
 
     def _as_image(self, query: str | Path | Image.Image) -> Image.Image:
         if isinstance(query, Image.Image):

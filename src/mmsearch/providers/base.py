@@ -68,6 +68,41 @@ class Embedder(Protocol):
 
 
 @runtime_checkable
+class FeatureQueries(Protocol):
+    """Optional embedder capability: queries that search ``image_feature`` directly.
+
+    An embedder whose image-only space also serves text queries (e.g. class probabilities,
+    which a text can be mapped onto) implements both methods; the searcher then runs
+    text->image against ``image_feature`` instead of ``image_embedding``. Embedders without
+    them (clip, dashscope, openai) keep searching ``image_embedding``.
+
+    ``image_feature_score_scale`` is the similarity (cosine/inner product) that an image's
+    own stored feature gets against its image->image query row; the searcher divides
+    image->image scores by it, so that an identical image scores 1.0 as elsewhere.
+    """
+
+    image_feature_score_scale: float
+
+    def text_feature_queries(
+        self, vectors: np.ndarray, texts: Sequence[str] | None = None
+    ) -> np.ndarray:
+        """Query vectors from ``embed_texts(..., query=True)`` (and, where known, the texts
+        themselves, e.g. to pick a language) into ``feature_dim``-wide query rows."""
+        ...
+
+    def image_feature_queries(self, features: np.ndarray) -> np.ndarray:
+        """Image->image query rows from ``image_feature`` vectors (embedded or stored)."""
+        ...
+
+
+def feature_queries(embedder: Embedder) -> FeatureQueries | None:
+    """The embedder as ``FeatureQueries`` if it has that capability and features, else None."""
+    if embedder.feature_dim > 0 and isinstance(embedder, FeatureQueries):
+        return embedder
+    return None
+
+
+@runtime_checkable
 class Describer(Protocol):
     """Image to a short description and keywords, in the configured language."""
 
