@@ -401,7 +401,7 @@ def _index_paths(svc: Service, paths: list[Path]) -> IngestReport:
     from mmsearch.ingest import SourceItem
 
     with svc.lock:
-        return svc.mm.index([SourceItem(p, "upload") for p in paths], flush=False)
+        return svc.mm.index([SourceItem(p, "upload") for p in paths])
 
 
 def _index_source(svc: Service, source: Path, limit: int | None) -> IngestReport:

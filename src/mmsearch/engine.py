@@ -55,19 +55,14 @@ class MMSearch:
         *,
         limit: int | None = None,
         progress: ProgressCallback | None = None,
-        flush: bool = True,
     ) -> IngestReport:
-        """Index a folder (recursively), a CSV (``id,path,label``) or one image.
-
-        ``flush=False`` skips persisting at the end (a few seconds on a Milvus server), for
-        small frequent writes such as uploads; the embedded server flushes when it stops.
-        """
+        """Index a folder (recursively), a CSV (``id,path,label``) or one image."""
         ingestor = Ingestor(
             self.settings, store=self.store, embedder=self.embedder, describer=self.describer
         )
         if isinstance(source, str | Path):
             source = Path(source).expanduser()
-        report = ingestor.run(source, limit=limit, progress=progress, flush=flush)
+        report = ingestor.run(source, limit=limit, progress=progress)
         self.__dict__.pop("searcher", None)  # the collection may have just been created
         return report
 

@@ -169,10 +169,11 @@ class Ingestor:
         *,
         limit: int | None = None,
         progress: ProgressCallback | None = None,
-        flush: bool = True,
     ) -> IngestReport:
-        """Index ``source``; with ``flush`` (servers only) persist the rows at the end, which
-        costs a few seconds but makes them visible at once after a server restart."""
+        """Index ``source``. Rows are not flushed at the end: on a Milvus server that took
+        4 s of a 22 s run of 300 images (bench/ingest.py), and it is not needed for safety,
+        as Milvus replays its log after a crash and the embedded server flushes when it
+        stops."""
         items = list(iter_source(source) if isinstance(source, (str, Path)) else source)
         if limit is not None:
             items = items[:limit]
@@ -203,9 +204,6 @@ class Ingestor:
                 )
                 if progress:
                     progress(done, len(items))
-        if report.indexed and flush:
-            with _timed(report, "flush"):
-                self.store.flush()
         report.seconds = time.perf_counter() - started
         return report
 
