@@ -22,6 +22,10 @@ LION = REVERSE / "test" / "lion" / "n02129165_13728.JPEG"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # One embedded Milvus server runs per machine (its etcd has a fixed port): the lifecycle
+    # tests, which start and stop servers of their own, run before anything starts the
+    # session's shared server.
+    items.sort(key=lambda item: item.module.__name__ != "tests.test_embedded")
     if not REVERSE_CSV.exists():
         skip = pytest.mark.skip(reason=f"data sets not found at {DATASETS}")
         for item in items:

@@ -135,6 +135,18 @@ def test_a_killed_server_is_replaced_on_next_use(tmp_path, cache_dir):
         embedded.stop_server(base)
 
 
+def test_second_data_folder_is_refused_at_once_with_the_reason(tmp_path, cache_dir):
+    first = tmp_path / "first"
+    info, _ = embedded.ensure_server(first, idle_timeout=0, bin_cache=cache_dir)
+    try:
+        started = time.monotonic()
+        with pytest.raises(embedded.EmbeddedServerError, match="one embedded server"):
+            embedded.ensure_server(tmp_path / "second", idle_timeout=0, bin_cache=cache_dir)
+        assert time.monotonic() - started < 5
+    finally:
+        embedded.stop_server(first)
+
+
 def test_server_commands_refuse_other_uris(tmp_path, cache_dir):
     env = _env(cache_dir, MMSEARCH_URI=str(tmp_path / "x.db"))
     out = _cli(tmp_path, env, "server", "status")

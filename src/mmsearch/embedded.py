@@ -45,6 +45,9 @@ SCHEME = "embedded:"
 STATE_FILE = "mmsearch-server.json"
 HOLDERS_DIR = "holders"
 START_TIMEOUT = 180.0
+#: The embedded etcd inside Milvus 2.3 always listens on this peer port (it is not in the
+#: package's config template), so one machine runs one embedded server at a time.
+ETCD_PEER_PORT = 2380
 #: Milvus settings for a one-user server. By default Milvus 2.3 spends up to 30 min in its
 #: graceful stop (SIGTERM did not finish in 20 s, measured), and after a kill the next start
 #: waits for the old etcd session to expire: 46 s until the first query. With these, SIGTERM
@@ -96,6 +99,17 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+    return True
+
+
+def _port_free(port: int) -> bool:
+    """Whether nothing listens on ``port`` (connections in TIME_WAIT do not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
     return True
 
 
@@ -152,6 +166,15 @@ def ensure_server(
         info = status(base_dir)  # someone else may have started it while we waited
         if info is not None:
             return info, False
+        if not _port_free(ETCD_PEER_PORT):
+            # Milvus would hang until the start timeout; say why at once instead.
+            raise EmbeddedServerError(
+                f"cannot start a Milvus server in {base_dir}: port {ETCD_PEER_PORT} is in use, "
+                "most likely by the embedded server of another data folder (Milvus 2.3's "
+                "embedded etcd always uses that port, so one machine runs one embedded "
+                "server). Use that folder, stop its server (`mmsearch --uri embedded:DIR "
+                "server stop`), or use a Milvus Lite file or a server URI"
+            )
         log.warning("starting the Milvus server in %s (takes ~10 s, once)", base_dir)
         logs = base_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
