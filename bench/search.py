@@ -400,30 +400,14 @@ def build_rows(d: Path, start: int, stop: int, classes: list[Any] | None, featur
 
 def server_records(rows) -> list[dict[str, Any]]:
     """``Store.upsert``'s record layout, for the one-vector-field server collection."""
-    from mmsearch.store import _VARCHAR_LIMITS, IMAGE_FIELD, _truncate
+    from mmsearch.store import IMAGE_FIELD, TEXT_FIELD, row_record
 
-    out = []
-    for row in rows:
-        it = row.item
-        out.append(
-            {
-                "id": it.id,
-                "origin": _truncate(it.origin, _VARCHAR_LIMITS["origin"]),
-                "label": _truncate(it.label, _VARCHAR_LIMITS["label"]),
-                "image_description": _truncate(
-                    it.description, _VARCHAR_LIMITS["image_description"]
-                ),
-                "keywords": _truncate(
-                    json.dumps(it.keywords, ensure_ascii=False), _VARCHAR_LIMITS["keywords"]
-                ),
-                "content_hash": it.content_hash,
-                "width": int(it.width),
-                "height": int(it.height),
-                "indexed_at": int(it.indexed_at),
-                IMAGE_FIELD: np.asarray(row.image_embedding, np.float32).tolist(),
-            }
-        )
-    return out
+    records = [row_record(row) for row in rows]
+    for record in records:
+        for field in (TEXT_FIELD, "image_feature"):
+            record.pop(field, None)
+    assert all(IMAGE_FIELD in r for r in records)
+    return records
 
 
 def load_classes_quiet() -> list[Any] | None:

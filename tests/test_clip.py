@@ -40,6 +40,17 @@ CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
+#: The vision tower of every tiny test model (CLIP and Chinese-CLIP alike): 32 px, 2 layers.
+TINY_VISION = {
+    "hidden_size": 32,
+    "intermediate_size": 37,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "image_size": 32,
+    "patch_size": 8,
+}
+
+
 def _require(module: str) -> Any:
     """Import a backend's package or skip; any failure counts (torchvision raises
     RuntimeError, not ImportError, beside a torch it was not built for)."""
@@ -147,14 +158,7 @@ def build_hf_clip(path: Path) -> Path:
             "eos_token_id": eos,
             "pad_token_id": eos,
         },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 8,
-        },
+        vision_config=dict(TINY_VISION),
         projection_dim=DIM,
     )
     _require("torch").manual_seed(0)
@@ -209,14 +213,7 @@ def build_chinese_clip(path: Path) -> Path:
             "max_position_embeddings": 64,
             "initializer_range": 0.5,
         },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 8,
-        },
+        vision_config=dict(TINY_VISION),
         projection_dim=DIM,
     )
     _require("torch").manual_seed(0)

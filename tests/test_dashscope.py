@@ -47,9 +47,8 @@ TIMEOUT = 1.0
 SLACK = 0.15
 
 
-@pytest.fixture(autouse=True)
-def _fast(fast_backoff: None) -> None:
-    """Every test here retries with millisecond backoff (fixture in conftest)."""
+#: Every test here retries with millisecond backoff (fixture in conftest).
+pytestmark = pytest.mark.usefixtures("fast_backoff")
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ first use, shared by processes, stopped when told or when idle, data kept across
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -36,6 +37,15 @@ def _cli(cwd: Path, env: dict[str, str], *args: str, timeout: float = 600):
 def _env(cache_dir: Path, **more: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MMSEARCH_")}
     return {**env, "MMSEARCH_CACHE_DIR": str(cache_dir), **more}
+
+
+@contextlib.contextmanager
+def _own_server(base: Path, cache_dir: Path, idle_timeout: float = 0):
+    """A server started for the test in ``base``, stopped at the end whatever happens."""
+    try:
+        yield embedded.ensure_server(base, idle_timeout=idle_timeout, bin_cache=cache_dir)
+    finally:
+        embedded.stop_server(base)
 
 
 def _wait_gone(pid: int, seconds: float) -> bool:
@@ -100,8 +110,7 @@ def test_default_store_from_first_index_to_restart(tmp_path, cache_dir):
 
 def test_idle_server_stops_unless_a_process_holds_it(tmp_path, cache_dir):
     base = tmp_path / "idle"
-    info, started = embedded.ensure_server(base, idle_timeout=2, bin_cache=cache_dir)
-    try:
+    with _own_server(base, cache_dir, idle_timeout=2) as (info, started):
         assert started
         # A second caller attaches instead of starting another server.
         again, started_again = embedded.ensure_server(base, idle_timeout=2, bin_cache=cache_dir)
@@ -116,35 +125,26 @@ def test_idle_server_stops_unless_a_process_holds_it(tmp_path, cache_dir):
         assert not embedded._pid_alive(info.milvus_pid)
         assert not (base / embedded.STATE_FILE).exists()
         assert embedded.status(base) is None
-    finally:
-        embedded.stop_server(base)
 
 
 def test_a_killed_server_is_replaced_on_next_use(tmp_path, cache_dir):
     """After a crash (or reboot) the stale state file must not block the next command."""
     base = tmp_path / "crash"
-    info, _ = embedded.ensure_server(base, idle_timeout=0, bin_cache=cache_dir)
-    try:
+    with _own_server(base, cache_dir) as (info, _):
         os.kill(info.supervisor_pid, signal.SIGKILL)
         os.kill(info.milvus_pid, signal.SIGKILL)
         assert _wait_gone(info.milvus_pid, 10)
         assert embedded.status(base) is None
         fresh, started = embedded.ensure_server(base, idle_timeout=0, bin_cache=cache_dir)
         assert started and fresh.milvus_pid != info.milvus_pid
-    finally:
-        embedded.stop_server(base)
 
 
 def test_second_data_folder_is_refused_at_once_with_the_reason(tmp_path, cache_dir):
-    first = tmp_path / "first"
-    info, _ = embedded.ensure_server(first, idle_timeout=0, bin_cache=cache_dir)
-    try:
+    with _own_server(tmp_path / "first", cache_dir):
         started = time.monotonic()
         with pytest.raises(embedded.EmbeddedServerError, match="one embedded server"):
             embedded.ensure_server(tmp_path / "second", idle_timeout=0, bin_cache=cache_dir)
         assert time.monotonic() - started < 5
-    finally:
-        embedded.stop_server(first)
 
 
 def test_server_commands_refuse_other_uris(tmp_path, cache_dir):

@@ -21,9 +21,8 @@ TIMEOUT = 1.0
 MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
 
 
-@pytest.fixture(autouse=True)
-def _fast(fast_backoff: None) -> None:
-    """Every test here retries with millisecond backoff (fixture in conftest)."""
+#: Every test here retries with millisecond backoff (fixture in conftest).
+pytestmark = pytest.mark.usefixtures("fast_backoff")
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ the environment itself, so a test or a notebook can build one and know exactly w
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from enum import StrEnum
 from pathlib import Path
@@ -21,6 +20,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from mmsearch import embedded
 
 
 class IndexType(StrEnum):
@@ -59,17 +60,14 @@ DEFAULT_SEARCH_PARAMS: dict[IndexType, dict[str, Any]] = {
 }
 
 
-EMBEDDED_SCHEME = "embedded:"
-
-
 def default_uri() -> str:
     """The embedded Milvus server where its wheel is installed (Linux x86_64), else Lite.
 
     Measured at 100k items (bench/README.md): the server answers a query in 4-5 ms, Milvus
     Lite in ~100 ms whatever the index, because Lite loops over every row in Python.
     """
-    if importlib.util.find_spec("milvus") is not None:
-        return f"{EMBEDDED_SCHEME}./mmsearch-milvus"
+    if embedded.available():
+        return f"{embedded.SCHEME}./mmsearch-milvus"
     return "./mmsearch.db"
 
 
@@ -200,13 +198,13 @@ class Settings(BaseSettings):
     def is_lite(self) -> bool:
         """True when ``uri`` names a local Milvus Lite file rather than a server."""
         return not self.uri.startswith(
-            ("http://", "https://", "tcp://", "grpc://", "unix:", EMBEDDED_SCHEME)
+            ("http://", "https://", "tcp://", "grpc://", "unix:", embedded.SCHEME)
         )
 
     @property
     def is_embedded(self) -> bool:
         """True when ``uri`` is ``embedded:DIR``: a Milvus server that mmsearch runs in DIR."""
-        return self.uri.startswith(EMBEDDED_SCHEME)
+        return self.uri.startswith(embedded.SCHEME)
 
     @classmethod
     def settings_customise_sources(

@@ -146,6 +146,29 @@ def _release_lite(path: str) -> None:
     server_manager_instance.release_server(path)
 
 
+def row_record(row: Row) -> dict[str, Any]:
+    """A row as Milvus stores it: text cut to the VARCHAR limits, vectors as float lists."""
+    it = row.item
+    record: dict[str, Any] = {
+        "id": it.id,
+        "origin": _truncate(it.origin, _VARCHAR_LIMITS["origin"]),
+        "label": _truncate(it.label, _VARCHAR_LIMITS["label"]),
+        "image_description": _truncate(it.description, _VARCHAR_LIMITS["image_description"]),
+        "keywords": _truncate(
+            json.dumps(it.keywords, ensure_ascii=False), _VARCHAR_LIMITS["keywords"]
+        ),
+        "content_hash": it.content_hash,
+        "width": int(it.width),
+        "height": int(it.height),
+        "indexed_at": int(it.indexed_at),
+        IMAGE_FIELD: np.asarray(row.image_embedding, np.float32).tolist(),
+        TEXT_FIELD: np.asarray(row.text_embedding, np.float32).tolist(),
+    }
+    if row.image_feature is not None:
+        record[FEATURE_FIELD] = np.asarray(row.image_feature, np.float32).tolist()
+    return record
+
+
 def _truncate(value: str, limit: int) -> str:
     """Cut to ``limit`` UTF-8 bytes (Milvus VARCHAR limits are in bytes) on a char boundary."""
     data = value.encode("utf-8")
@@ -439,29 +462,7 @@ class Store:
         """Insert or replace rows by id: writing the same file twice never duplicates it."""
         if not rows:
             return 0
-        data = []
-        for row in rows:
-            it = row.item
-            record: dict[str, Any] = {
-                "id": it.id,
-                "origin": _truncate(it.origin, _VARCHAR_LIMITS["origin"]),
-                "label": _truncate(it.label, _VARCHAR_LIMITS["label"]),
-                "image_description": _truncate(
-                    it.description, _VARCHAR_LIMITS["image_description"]
-                ),
-                "keywords": _truncate(
-                    json.dumps(it.keywords, ensure_ascii=False), _VARCHAR_LIMITS["keywords"]
-                ),
-                "content_hash": it.content_hash,
-                "width": int(it.width),
-                "height": int(it.height),
-                "indexed_at": int(it.indexed_at),
-                IMAGE_FIELD: np.asarray(row.image_embedding, np.float32).tolist(),
-                TEXT_FIELD: np.asarray(row.text_embedding, np.float32).tolist(),
-            }
-            if row.image_feature is not None:
-                record[FEATURE_FIELD] = np.asarray(row.image_feature, np.float32).tolist()
-            data.append(record)
+        data = [row_record(row) for row in rows]
         if self.split:
             for vec in _SIDE_FIELDS:
                 side = [
