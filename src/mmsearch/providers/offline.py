@@ -210,6 +210,7 @@ class OfflineModels:
         self._lock = threading.Lock()
         self._last: tuple[tuple[int, ...], list[Image.Image], np.ndarray, np.ndarray] | None = None
         self._proto_lock = threading.Lock()
+        self._sets: dict[str, np.ndarray] | None = None
 
     @classmethod
     def shared(cls, cache_dir: Path) -> OfflineModels:
@@ -257,9 +258,11 @@ class OfflineModels:
 
     def _prototype_sets(self) -> dict[str, np.ndarray]:
         """All prototype sets, from one embedding pass over the distinct class-name texts;
-        cached on disk (computing them takes ~1 min on two cores)."""
+        cached on disk (computing them takes ~1 min on two cores) and read once."""
         with self._proto_lock:
-            return self._prototype_sets_locked()
+            if self._sets is None:
+                self._sets = self._prototype_sets_locked()
+            return self._sets
 
     def _prototype_sets_locked(self) -> dict[str, np.ndarray]:
         groups = {"both": PROTOTYPE_TEMPLATES, **QUERY_TEMPLATES}
