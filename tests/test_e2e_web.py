@@ -98,9 +98,12 @@ def test_search_upload_and_more_like_this_in_a_browser(server, shots, tmp_path):
         _thumbnails_loaded(page)
         page.screenshot(path=str(shots / "4-more-like-this.png"))
 
-        # Errors are shown, not swallowed.
+        # Errors are shown, not swallowed. Switching the mode back re-runs the
+        # typed query (狮子); its answer arrives after the error and must not hide it.
         page.select_option("#mode", "text2image")
         page.fill("#q", "   ")
         page.press("#q", "Enter")
         page.wait_for_selector("#status.error")
+        page.wait_for_timeout(2000)
+        assert "error" in (page.locator("#status").get_attribute("class") or "")
         browser.close()

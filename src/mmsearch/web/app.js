@@ -13,9 +13,22 @@ function setStatus(text, isError = false) {
   statusEl.classList.toggle("error", isError);
 }
 
-async function call(url, options) {
-  const res = await fetch(url, options);
+// Only the newest request may change the page: a slow answer to an earlier
+// query (or to a mode switch) must not overwrite a newer result or error.
+// Starting a request aborts the one in flight, which also spares the server.
+let inflight = null;
+
+function begin() {
+  inflight?.abort();
+  inflight = new AbortController();
+  return inflight;
+}
+
+async function call(url, options = {}) {
+  const ctl = begin();
+  const res = await fetch(url, { ...options, signal: ctl.signal });
   const body = await res.json().catch(() => ({}));
+  if (ctl.signal.aborted) throw new DOMException("superseded by a newer request", "AbortError");
   if (!res.ok) {
     const detail = Array.isArray(body.detail) ? body.detail.map((d) => d.msg).join("; ") : body.detail;
     throw new Error(detail || `HTTP ${res.status}`);
@@ -100,7 +113,12 @@ function openViewer(hit) {
 }
 
 function guard(promise) {
-  promise.catch((err) => setStatus(err.message, true));
+  promise.catch((err) => { if (err.name !== "AbortError") setStatus(err.message, true); });
+}
+
+function complain(text) {
+  begin();  // a search still in flight must not replace this message
+  setStatus(text, true);
 }
 
 form.addEventListener("submit", (e) => {
@@ -108,7 +126,7 @@ form.addEventListener("submit", (e) => {
   const text = q.value.trim();
   if (text) guard(searchText(text));
   else if (queryImage && (mode.value === "image2image" || mode.value === "image2text")) guard(searchImage(queryImage));
-  else setStatus("Type a query, or choose, drop or paste an image.", true);
+  else complain("Type a query, or choose, drop or paste an image.");
 });
 mode.addEventListener("change", () => {
   const wantsImage = mode.value === "image2image" || mode.value === "image2text";
