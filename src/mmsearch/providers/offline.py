@@ -140,22 +140,24 @@ def load_classes() -> list[ImageNetClass]:
     return classes
 
 
-def preprocess(image: Image.Image) -> np.ndarray:
+def preprocess(image: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
     """Resize the short side to 256, centre-crop 224, scale as EfficientNet-Lite was trained.
 
     Lite models were trained on (x - 127) / 128, not ImageNet mean/std (measured: top-1 on
-    the 100 reference images is 85 % this way and 71 % with mean/std).
+    the 100 reference images is 85 % this way and 71 % with mean/std). ``size`` serves the
+    bigger Lite models in ``bench/quality_ceilings.py`` (the resize keeps the 256/224 ratio).
     """
+    resize = RESIZE_SIZE * size / IMAGE_SIZE
     w, h = image.size
-    scale = RESIZE_SIZE / min(w, h)
+    scale = resize / min(w, h)
     resized = image.resize(
-        (max(IMAGE_SIZE, round(w * scale)), max(IMAGE_SIZE, round(h * scale))),
+        (max(size, round(w * scale)), max(size, round(h * scale))),
         Image.Resampling.BICUBIC,
         reducing_gap=3.0,
     )
     rw, rh = resized.size
-    left, top = (rw - IMAGE_SIZE) // 2, (rh - IMAGE_SIZE) // 2
-    crop = resized.crop((left, top, left + IMAGE_SIZE, top + IMAGE_SIZE))
+    left, top = (rw - size) // 2, (rh - size) // 2
+    crop = resized.crop((left, top, left + size, top + size))
     arr = np.asarray(crop, dtype=np.float32)
     return ((arr - 127.0) / 128.0).transpose(2, 0, 1)
 
