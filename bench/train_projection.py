@@ -80,9 +80,17 @@ def ridge(x: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndar
     return mean, np.linalg.solve(a, xc.T @ y)
 
 
-def recall_at_10(scores: np.ndarray, relevant: np.ndarray) -> float:
+def recall_at_k(scores: np.ndarray, relevant: np.ndarray, k: int = 10) -> float:
+    """Share of query rows whose relevant column ranks in the top k (ties count for it)."""
     target = scores[np.arange(len(relevant)), relevant][:, None]
-    return float(((scores > target).sum(axis=1) < 10).mean())
+    return float(((scores > target).sum(axis=1) < k).mean())
+
+
+def caption_targets(queries: np.ndarray, rel: np.ndarray, n_images: int) -> np.ndarray:
+    """The ridge target of each image: the mean query vector of its captions."""
+    target = np.zeros((n_images, queries.shape[1]))
+    np.add.at(target, rel, queries)
+    return target / np.maximum(np.bincount(rel, minlength=n_images), 1)[:, None]
 
 
 def class_queries(models: OfflineModels, q: np.ndarray, texts: list[str], tau: float):
@@ -116,9 +124,7 @@ def main() -> None:
     print(f"train: {len(names)} images, {len(rows)} captions")
 
     # Ridge target: the mean query vector of each image's captions (all sources).
-    target = np.zeros((len(names), queries.shape[1]))
-    np.add.at(target, rel, queries)
-    target /= np.bincount(rel, minlength=len(names))[:, None]
+    target = caption_targets(queries, rel, len(names))
     probs_n = l2_normalize(probs)
     cq = {tau: class_queries(models, queries, texts, tau) for tau in TAUS}
 
@@ -136,7 +142,7 @@ def main() -> None:
                 score = w * cq[tau][mask] @ probs_n[held].T
                 score += (1 - w) * queries[mask] @ proj.T
                 per_source = [
-                    recall_at_10(score[sources[mask] == s], remap[rel[mask][sources[mask] == s]])
+                    recall_at_k(score[sources[mask] == s], remap[rel[mask][sources[mask] == s]])
                     for s in sorted(set(sources))
                 ]
                 results.setdefault((lam, w, tau), []).append(float(np.mean(per_source)))

