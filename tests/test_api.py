@@ -42,7 +42,7 @@ def api_settings(tmp_path_factory, cache_dir) -> Settings:
 
 @pytest.fixture(scope="module")
 def client(api_settings):
-    with TestClient(create_app(api_settings)) as c:
+    with TestClient(create_app(api_settings), base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -208,7 +208,7 @@ def test_indexing_needs_the_token(client, api_settings):
 
 def test_indexing_disabled_without_token(api_settings, tmp_path):
     settings = api_settings.model_copy(update={"api_token": None, "uri": str(tmp_path / "x.db")})
-    with TestClient(create_app(settings)) as c:
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as c:
         res = c.post("/api/v1/index/upload", files={"files": ("r.png", _png(), "image/png")})
         assert res.status_code == 403 and "MMSEARCH_API_TOKEN" in res.json()["detail"]
         assert c.get("/api/v1/search", params={"q": "x"}).json()["hits"] == []

@@ -1,17 +1,21 @@
 """HTTP API (FastAPI) and the web page, served by ``mmsearch serve``.
 
-The API parses, validates and presents; searching is ``MMSearch``'s job. Images are served
-only by item id, from the path stored at indexing time, never from a client-supplied path.
-Model and Milvus Lite calls go through one lock: Milvus Lite is one client per file, and
-serialising the (CPU-bound) model calls costs nothing on a small machine.
+The API parses, validates and presents; searching is ``MMSearch``'s job. ``guard.Guard``
+checks the Host, the credentials and adds the security headers before a request gets here.
+Images are served only by item id, and only while the file on disk is still the one indexed
+(``images.read_indexed``), never from a client-supplied path. Model and Milvus Lite calls go
+through one lock: Milvus Lite is one client per file, and serialising the (CPU-bound) model
+calls costs nothing on a small machine. Work per request is bounded: body sizes per route,
+query images by a pixel budget, and a few image decodes at a time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
+import logging
 import re
-import secrets
 import threading
 import time
 import uuid
@@ -24,20 +28,29 @@ from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request,
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 
 from mmsearch import __version__
 from mmsearch.config import Metric, Settings
 from mmsearch.engine import MMSearch
-from mmsearch.images import ImageError, decode_image
+from mmsearch.guard import COOKIE, COOKIE_DAYS, Access, Guard, is_loopback
+from mmsearch.images import ImageError, decode_image, media_type, read_indexed
 from mmsearch.ingest import IngestReport, SourceError
 from mmsearch.providers import ProviderError
 from mmsearch.search import MAX_K, Mode, QueryError
-from mmsearch.store import Hit, Item, StoreError
+from mmsearch.store import Hit, InvalidFilterError, Item, StoreError
+
+log = logging.getLogger(__name__)
 
 API = "/api/v1"
 THUMBNAIL_SIZES = (128, 256, 512)
 MAX_QUERY_CHARS = 1000
+#: Room for multipart boundaries and form fields around an uploaded file.
+FORM_OVERHEAD = 64 * 1024
+#: Bodies of requests that carry no file (JSON, the login form).
+SMALL_BODY = 64 * 1024
+#: Originals read (and hashed) at once: each is held in memory until it is checked.
+ORIGINALS_AT_ONCE = 4
 
 
 # -- response models (the OpenAPI document is the contract) -----------------------------------
@@ -105,18 +118,15 @@ class IndexOut(BaseModel):
     total: int
     indexed: int
     unchanged: int
-    failed: list[dict[str, str]]
+    duplicates: int
+    failed: list[dict[str, str]] = Field(description="File names (not folders) and reasons.")
     seconds: float
+    images_per_second: float
+    stage_seconds: dict[str, float]
 
     @classmethod
     def of(cls, report: IngestReport) -> IndexOut:
-        return cls(
-            total=report.total,
-            indexed=report.indexed,
-            unchanged=report.unchanged,
-            failed=[{"path": Path(p).name, "reason": r} for p, r in report.failed],
-            seconds=round(report.seconds, 3),
-        )
+        return cls(**report.as_dict(full_paths=False))
 
 
 class FolderIn(BaseModel):
@@ -127,22 +137,29 @@ class FolderIn(BaseModel):
 # -- helpers ---------------------------------------------------------------------------------
 
 _ID_RE = re.compile(r"^[0-9a-f]{8,64}$")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _label_filter(label: str | None) -> str:
+    """A Milvus filter for one label; the label is a literal, never part of the expression."""
     if not label:
         return ""
+    if _CONTROL_RE.search(label):
+        raise HTTPException(400, "label must not contain control characters")
     escaped = label.replace("\\", "\\\\").replace('"', '\\"')
     return f'label == "{escaped}"'
 
 
 class Service:
-    """What the app holds: one MMSearch and the lock that serialises its use."""
+    """What the app holds: one MMSearch, the lock that serialises its use, and the bounds on
+    image decoding and reading."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.mm = MMSearch(settings=settings)
         self.lock = threading.Lock()
+        self.decodes = threading.BoundedSemaphore(settings.max_concurrent_decodes)
+        self.originals = threading.BoundedSemaphore(ORIGINALS_AT_ONCE)
         self.thumb_dir = settings.cache_dir / "thumbnails"
 
     def item(self, item_id: str) -> Item:
@@ -157,13 +174,52 @@ class Service:
     def search(self, query: Any, mode: Mode, k: int, min_score: float | None, label: str | None):
         if min_score is not None and self.settings.metric is Metric.L2:
             raise HTTPException(400, "min_score is for COSINE and IP metrics, not L2")
+        label_filter = _label_filter(label)
         with self.lock:
             if not self.mm.store.exists():
                 return []
-            hits = self.mm.search(query, mode=mode, k=k, filter=_label_filter(label))
+            hits = self.mm.search(query, mode=mode, k=k, filter=label_filter)
         if min_score is not None:
             hits = [h for h in hits if h.score >= min_score]
         return hits
+
+    def decode(self, data: bytes, *, query: bool) -> Image.Image:
+        """Decode an upload, a few at a time; query images within the query pixel budget."""
+        budget = self.settings.max_query_pixels if query else None
+        with self.decodes:
+            try:
+                image, _, _ = decode_image(
+                    data, max_pixels=self.settings.max_image_pixels, max_decoded_pixels=budget
+                )
+            except ImageError as exc:
+                raise HTTPException(415, f"not a usable image: {exc}") from None
+        return image
+
+    def original(self, item: Item) -> tuple[bytes, str]:
+        """The indexed file's bytes and media type, if it is still the file indexed."""
+        with self.originals:
+            try:
+                data = read_indexed(Path(item.origin), item.content_hash)
+                return data, media_type(data)
+            except ImageError as exc:
+                raise HTTPException(410, f"the indexed file is not available: {exc}") from None
+
+    def thumbnail(self, item: Item, size: int) -> Path:
+        """A cached JPEG thumbnail, made from the checked original the first time."""
+        key = hashlib.blake2b(f"{item.id}:{item.content_hash}:{size}".encode(), digest_size=12)
+        cached = self.thumb_dir / f"{key.hexdigest()}.jpg"
+        if cached.exists():
+            return cached
+        data, _ = self.original(item)
+        img = self.decode(data, query=False)
+        img.thumbnail((size, size))
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=85)
+        self.thumb_dir.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{uuid.uuid4().hex}.tmp")
+        tmp.write_bytes(buf.getvalue())
+        tmp.replace(cached)
+        return cached
 
 
 def _service(request: Request) -> Service:
@@ -182,28 +238,49 @@ async def _read_upload(upload: UploadFile, limit: int) -> bytes:
     return data
 
 
-def _decode_upload(data: bytes, settings: Settings) -> Image.Image:
-    try:
-        image, _, _ = decode_image(data, max_pixels=settings.max_image_pixels)
-    except ImageError as exc:
-        raise HTTPException(415, f"not a usable image: {exc}") from None
-    return image
+def _save_upload(upload_dir: Path, data: bytes) -> tuple[Path, bool]:
+    """Keep an uploaded image under a name made from its content and decoded format.
+
+    The client's file name is never used (no path tricks, no ``.html``), and the same image
+    uploaded twice is one file, so one row. Returns the path and whether it is new.
+    """
+    ext = media_type(data).split("/")[1].replace("jpeg", "jpg")
+    digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+    target = upload_dir / digest[:2] / f"{digest}.{ext}"
+    if target.exists():
+        return target, False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".{uuid.uuid4().hex}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(target)
+    return target, True
 
 
-def _require_token(request: Request, settings: Settings) -> None:
-    if settings.api_token is None:
-        raise HTTPException(403, "indexing over HTTP is disabled: set MMSEARCH_API_TOKEN")
-    header = request.headers.get("authorization", "")
-    given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-    if not secrets.compare_digest(given.encode(), settings.api_token.get_secret_value().encode()):
-        raise HTTPException(401, "missing or wrong API token", {"WWW-Authenticate": "Bearer"})
+def access_for(
+    settings: Settings, *, listen_host: str = "127.0.0.1", public: bool = False
+) -> Access:
+    """Who may read: anyone on a loopback-only server without a read token, or anyone at all
+    with ``public``; else only holders of the read (or API) token."""
+    read_token = _secret(settings.read_token)
+    return Access(
+        api_token=_secret(settings.api_token),
+        read_token=read_token,
+        reads_open=read_token is None and (public or is_loopback(listen_host)),
+        allowed_hosts=frozenset(h.lower() for h in settings.allowed_hosts),
+    )
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
 
 
 # -- the app ---------------------------------------------------------------------------------
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The ASGI app; ``mmsearch serve`` runs it with uvicorn."""
+def create_app(
+    settings: Settings | None = None, *, listen_host: str = "127.0.0.1", public: bool = False
+) -> FastAPI:
+    """The ASGI app; ``mmsearch serve`` runs it with uvicorn on ``listen_host``."""
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -218,20 +295,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Search images by text and by image. Modes: text2image, text2text, "
         "image2image, image2text.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        max_body_size=SMALL_BODY,
     )
+    app.add_middleware(Guard, access=access_for(settings, listen_host=listen_host, public=public))
+    _add_error_handlers(app)
+    _add_search_routes(app, settings)
+    _add_item_routes(app)
+    _add_index_routes(app, settings)
+    _add_page_routes(app)
+    return app
 
-    @app.exception_handler(QueryError)
-    async def _query_error(_: Request, exc: QueryError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=400)
 
-    @app.exception_handler(StoreError)
-    async def _store_error(_: Request, exc: StoreError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=503)
+def _add_error_handlers(app: FastAPI) -> None:
+    errors = ((QueryError, 400), (InvalidFilterError, 400), (StoreError, 503), (ProviderError, 502))
+    for exc_type, status in errors:
+        app.add_exception_handler(exc_type, _json_error(status))
 
-    @app.exception_handler(ProviderError)
-    async def _provider_error(_: Request, exc: ProviderError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=502)
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal error; see the server's log"}, status_code=500)
 
+
+def _json_error(status: int) -> Any:
+    async def handler(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    return handler
+
+
+def _add_search_routes(app: FastAPI, settings: Settings) -> None:
     @app.get(f"{API}/health", tags=["meta"])
     def health() -> dict[str, str]:
         return {"status": "ok"}
@@ -249,7 +344,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         mode: Annotated[Mode, Query()] = Mode.text2image,
         k: Annotated[int, Query(ge=1, le=MAX_K)] = 20,
         min_score: float | None = None,
-        label: str | None = None,
+        label: Annotated[str | None, Query(max_length=512)] = None,
     ) -> SearchOut:
         """Search by text: ``text2image`` (images) or ``text2text`` (descriptions)."""
         if mode.takes_image:
@@ -258,35 +353,40 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(400, "the text query is empty")
         started = time.perf_counter()
         hits = svc.search(q, mode, k, min_score, label)
-        return SearchOut(
-            mode=mode, query=q, k=k, took_ms=_ms(started), hits=[HitOut.of(h) for h in hits]
-        )
+        return _search_out(mode, q, k, started, hits)
 
-    @app.post(f"{API}/search/image", response_model=SearchOut, tags=["search"])
+    # The upload's size is checked while it streams in, before it is spooled anywhere.
+    @app.post(
+        f"{API}/search/image",
+        response_model=SearchOut,
+        tags=["search"],
+        max_body_size=settings.max_upload_bytes + FORM_OVERHEAD,
+    )
     async def search_image(
         request: Request,
         file: Annotated[UploadFile, File(description="The query image.")],
         mode: Annotated[Mode, Form()] = Mode.image2image,
         k: Annotated[int, Form(ge=1, le=MAX_K)] = 20,
         min_score: Annotated[float | None, Form()] = None,
-        label: Annotated[str | None, Form()] = None,
+        label: Annotated[str | None, Form(max_length=512)] = None,
     ) -> SearchOut:
         """Search by an uploaded image: ``image2image`` or ``image2text``."""
         svc: Service = request.app.state.service
         if not mode.takes_image:
             raise HTTPException(400, f"mode {mode.value} takes text: GET {API}/search?q=...")
         data = await _read_upload(file, svc.settings.max_upload_bytes)
-        image = _decode_upload(data, svc.settings)
+        image = await _in_thread(lambda: svc.decode(data, query=True))
         started = time.perf_counter()
         hits = await _in_thread(svc.search, image, mode, k, min_score, label)
-        return SearchOut(
-            mode=mode,
-            query=file.filename or "upload",
-            k=k,
-            took_ms=_ms(started),
-            hits=[HitOut.of(h) for h in hits],
-        )
+        return _search_out(mode, file.filename or "upload", k, started, hits)
 
+
+def _search_out(mode: Mode, query: str, k: int, started: float, hits: list[Hit]) -> SearchOut:
+    hits_out = [HitOut.of(h) for h in hits]
+    return SearchOut(mode=mode, query=query, k=k, took_ms=_ms(started), hits=hits_out)
+
+
+def _add_item_routes(app: FastAPI) -> None:
     @app.get(f"{API}/items/{{item_id}}", response_model=ItemOut, tags=["items"])
     def item(svc: ServiceDep, item_id: str) -> ItemOut:
         return ItemOut.of(svc.item(item_id))
@@ -300,91 +400,111 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         started = time.perf_counter()
         with svc.lock:
             hits = svc.mm.more_like_this(item_id, k=k)
-        return SearchOut(
-            mode=Mode.image2image,
-            query=item_id,
-            k=k,
-            took_ms=_ms(started),
-            hits=[HitOut.of(h) for h in hits],
-        )
+        return _search_out(Mode.image2image, item_id, k, started, hits)
 
-    @app.get(f"{API}/items/{{item_id}}/image", tags=["items"], response_class=FileResponse)
-    def image(svc: ServiceDep, item_id: str) -> FileResponse:
-        """The original file of an indexed item."""
-        path = Path(svc.item(item_id).origin)
-        if not path.is_file():
-            raise HTTPException(410, "the indexed file is no longer on disk")
-        return FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
+    @app.get(f"{API}/items/{{item_id}}/image", tags=["items"], response_class=Response)
+    def image(svc: ServiceDep, item_id: str) -> Response:
+        """The original file of an indexed item, while it is still the file indexed."""
+        data, kind = svc.original(svc.item(item_id))
+        return Response(data, media_type=kind, headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get(f"{API}/items/{{item_id}}/thumbnail", tags=["items"], response_class=Response)
     def thumbnail(svc: ServiceDep, item_id: str, size: Annotated[int, Query()] = 256) -> Response:
         """A JPEG thumbnail (128, 256 or 512 px), made once and cached."""
         if size not in THUMBNAIL_SIZES:
             raise HTTPException(400, f"size must be one of {THUMBNAIL_SIZES}")
-        item = svc.item(item_id)
-        key = hashlib.blake2b(f"{item.id}:{item.content_hash}:{size}".encode(), digest_size=12)
-        cached = svc.thumb_dir / f"{key.hexdigest()}.jpg"
-        if not cached.exists():
-            try:
-                data = Path(item.origin).read_bytes()
-                img, _, _ = decode_image(data, max_pixels=svc.settings.max_image_pixels)
-            except (OSError, ImageError):
-                raise HTTPException(410, "the indexed file is no longer readable") from None
-            img.thumbnail((size, size))
-            buf = io.BytesIO()
-            img.save(buf, "JPEG", quality=85)
-            svc.thumb_dir.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(f".{uuid.uuid4().hex}.tmp")
-            tmp.write_bytes(buf.getvalue())
-            tmp.replace(cached)
+        cached = svc.thumbnail(svc.item(item_id), size)
         return FileResponse(
             cached, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"}
         )
 
-    @app.post(f"{API}/index/upload", response_model=IndexOut, tags=["indexing"])
+
+def _add_index_routes(app: FastAPI, settings: Settings) -> None:
+    @app.post(
+        f"{API}/index/upload",
+        response_model=IndexOut,
+        tags=["indexing"],
+        max_body_size=settings.max_upload_files * (settings.max_upload_bytes + FORM_OVERHEAD),
+    )
     async def index_upload(
         request: Request, files: Annotated[list[UploadFile], File(description="Images.")]
     ) -> IndexOut:
-        """Upload and index images (needs the API token)."""
+        """Upload and index images (needs the API token, checked before the upload is read)."""
         svc: Service = request.app.state.service
-        _require_token(request, svc.settings)
-        batch_dir = svc.settings.upload_dir.resolve() / time.strftime("%Y%m%d-%H%M%S")
-        saved = []
-        for upload in files:
-            data = await _read_upload(upload, svc.settings.max_upload_bytes)
-            _decode_upload(data, svc.settings)
-            name = Path(upload.filename or "upload").name or "upload"
-            digest = hashlib.blake2b(data, digest_size=8).hexdigest()
-            batch_dir.mkdir(parents=True, exist_ok=True)
-            target = batch_dir / f"{digest}-{name}"
-            target.write_bytes(data)
-            saved.append(target)
-        report = await _in_thread(_index_paths, svc, saved)
-        return IndexOut.of(report)
+        if len(files) > svc.settings.max_upload_files:
+            raise HTTPException(413, f"at most {svc.settings.max_upload_files} files per request")
+        uploads = [await _read_upload(f, svc.settings.max_upload_bytes) for f in files]
+        for data in uploads:
+            await _in_thread(lambda d=data: svc.decode(d, query=False))
+        return IndexOut.of(await _in_thread(_index_uploads, svc, uploads))
 
     @app.post(f"{API}/index/folder", response_model=IndexOut, tags=["indexing"])
     async def index_folder(request: Request, body: FolderIn) -> IndexOut:
         """Index a folder or CSV on the server (needs the API token)."""
         svc: Service = request.app.state.service
-        _require_token(request, svc.settings)
         try:
             report = await _in_thread(_index_source, svc, Path(body.path), body.limit)
         except SourceError as exc:
             raise HTTPException(400, str(exc)) from None
         return IndexOut.of(report)
 
+
+def _add_page_routes(app: FastAPI) -> None:
     web = resources.files("mmsearch") / "web"
     app.mount("/static", StaticFiles(directory=str(web)), name="static")
+    docs_assets = resources.files("fastapi_offline") / "static"
+    app.mount("/docs-assets", StaticFiles(directory=str(docs_assets)), name="docs-assets")
 
     @app.get("/", include_in_schema=False)
     def index_page() -> Response:
         return FileResponse(str(web / "index.html"), media_type="text/html")
 
+    @app.get("/docs", include_in_schema=False)
+    def docs_page() -> Response:
+        return FileResponse(str(web / "docs.html"), media_type="text/html")
+
+    @app.get("/login", include_in_schema=False)
+    def login_page() -> Response:
+        return FileResponse(str(web / "login.html"), media_type="text/html")
+
+    @app.post("/login", include_in_schema=False)
+    async def login(request: Request) -> Response:
+        form = await request.form()
+        token = str(form.get("token") or "")
+        guard: Guard = _guard_of(request.app)
+        cookie = guard.access.login(token)
+        if cookie is None:
+            await asyncio.sleep(1.0)  # slows guessing; tokens should be long anyway
+            return RedirectResponse("/login?failed=1", status_code=303)
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(
+            COOKIE,
+            cookie,
+            max_age=COOKIE_DAYS * 86400,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return response
+
+    @app.post("/logout", include_in_schema=False)
+    def logout() -> Response:
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(COOKIE, httponly=True, samesite="strict")
+        return response
+
     @app.get("/favicon.ico", include_in_schema=False)
     def favicon() -> Response:
         return RedirectResponse("/static/favicon.svg")
 
-    return app
+
+def _guard_of(app: FastAPI) -> Guard:
+    """The Guard in the built middleware stack (it holds the access rules)."""
+    layer: Any = app.middleware_stack
+    while layer is not None and not isinstance(layer, Guard):
+        layer = getattr(layer, "app", None)
+    assert layer is not None, "the Guard middleware is not installed"
+    return layer
 
 
 def _ms(started: float) -> float:
@@ -397,11 +517,19 @@ async def _in_thread(fn: Any, *args: Any) -> Any:
     return await run_in_threadpool(fn, *args)
 
 
-def _index_paths(svc: Service, paths: list[Path]) -> IngestReport:
+def _index_uploads(svc: Service, uploads: list[bytes]) -> IngestReport:
+    """Save and index uploaded images; a file that fails to index is not kept."""
     from mmsearch.ingest import SourceItem
 
+    upload_dir = svc.settings.upload_dir.resolve()
+    saved = [_save_upload(upload_dir, data) for data in uploads]
     with svc.lock:
-        return svc.mm.index([SourceItem(p, "upload") for p in paths])
+        report = svc.mm.index([SourceItem(path, "upload") for path, _ in saved])
+    failed = {path for path, _ in report.failed}
+    for path, new in saved:
+        if new and str(path) in failed:
+            path.unlink(missing_ok=True)
+    return report
 
 
 def _index_source(svc: Service, source: Path, limit: int | None) -> IngestReport:

@@ -116,28 +116,17 @@ def _run_index(
         return mm.index(source, limit=limit, progress=progress)
 
 
-def _report_dict(report: IngestReport) -> dict[str, Any]:
-    return {
-        "total": report.total,
-        "indexed": report.indexed,
-        "unchanged": report.unchanged,
-        "failed": [{"path": p, "reason": r} for p, r in report.failed],
-        "seconds": round(report.seconds, 3),
-        "images_per_second": round(report.images_per_second, 2),
-        "stage_seconds": {k: round(v, 3) for k, v in report.stages.items()},
-    }
-
-
 def _show_report(report: IngestReport, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(_report_dict(report), ensure_ascii=False, indent=2))
+        print(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
     else:
         _print_report(report)
 
 
 def _print_report(report: IngestReport) -> None:
+    repeats = f"{report.duplicates} listed twice, " if report.duplicates else ""
     console.print(
-        f"[bold green]{report.indexed}[/] indexed, {report.unchanged} unchanged, "
+        f"[bold green]{report.indexed}[/] indexed, {report.unchanged} unchanged, {repeats}"
         f"[bold {'red' if report.failed else 'green'}]{len(report.failed)}[/] failed "
         f"of {report.total} in {report.seconds:.1f} s ({report.images_per_second:.1f} images/s)"
     )
@@ -153,7 +142,7 @@ def index(
     path: Annotated[
         Path, typer.Argument(help="A folder (recursive), a CSV (id,path,label) or an image.")
     ],
-    limit: Annotated[int | None, typer.Option(help="Index only the first N images.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Index only the first N images.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per batch.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
@@ -240,18 +229,41 @@ def stats(
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    public: Annotated[
+        bool,
+        typer.Option(help="Beyond loopback, let anyone who can connect search and view images."),
+    ] = False,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(help="A host name the server answers to (repeatable); IPs always work."),
+    ] = None,
 ) -> None:
-    """Serve the web page (/) and the HTTP API (/api/v1, docs at /docs)."""
+    """Serve the web page (/) and the HTTP API (/api/v1, docs at /docs).
+
+    Beyond loopback, reads need MMSEARCH_READ_TOKEN (or MMSEARCH_API_TOKEN) unless --public.
+    """
     import uvicorn
 
     from mmsearch.api import create_app
+    from mmsearch.guard import is_loopback
 
-    settings = _settings()
+    extra_hosts = {"allowed_hosts": [*_settings().allowed_hosts, *(allowed_host or [])]}
+    settings = _settings(**extra_hosts)
+    exposed = not is_loopback(host)
+    if exposed and not public and settings.read_token is None and settings.api_token is None:
+        _fail(
+            ValueError(
+                f"--host {host} would let anyone on the network see every indexed photo: set "
+                "MMSEARCH_READ_TOKEN (readers sign in at /login), or pass --public"
+            )
+        )
+    reads = "open to anyone" if public and settings.read_token is None else "need a token"
     console.print(
         f"mmsearch on [bold]http://{host}:{port}/[/] (API docs: /docs) · "
-        f"{settings.uri} / {settings.collection}"
+        f"{settings.uri} / {settings.collection}" + (f" · reads {reads}" if exposed else "")
     )
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+    app_ = create_app(settings, listen_host=host, public=public)
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 
 server_app = typer.Typer(
@@ -434,7 +446,7 @@ def eval_command(
                 with MMSearch(settings=base) as mm:
                     items = ev.list_items(data)
                     report = _run_index(mm, items, None, quiet=as_json)
-                    ingest[str(data)] = _report_dict(report)
+                    ingest[str(data)] = report.as_dict()
                     query_items = ev.list_items(queries) if queries else None
                     scores += ev.evaluate_labels(mm, items, query_items, k=k)
             if captions is not None:
@@ -445,7 +457,7 @@ def eval_command(
                     folder = images or captions.parent / "images"
                     items = [SourceItem(folder / name) for name in sorted({r[0] for r in rows})]
                     report = _run_index(mm, items, None, quiet=as_json)
-                    ingest[str(captions)] = _report_dict(report)
+                    ingest[str(captions)] = report.as_dict()
                     scores += ev.evaluate_captions(mm, rows, folder, k=k)
     except (*_USER_ERRORS, ValueError) as exc:
         _fail(exc)

@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -115,6 +116,11 @@ class Settings(BaseSettings):
         Path.home() / ".cache" / "mmsearch",
         description="Where derived model data (class-name embeddings) is cached.",
     )
+    follow_symlinks: bool = Field(
+        False,
+        description="Index files that symbolic links in an indexed folder point to outside "
+        "it (off: such links are reported and skipped, so a folder never publishes more).",
+    )
     max_image_pixels: int = Field(
         89_478_485,
         ge=1,
@@ -123,10 +129,35 @@ class Settings(BaseSettings):
 
     # -- HTTP API -------------------------------------------------------------------------------
     api_token: SecretStr | None = Field(
-        None, description="Bearer token that enables indexing over HTTP; unset = read-only API."
+        None,
+        description="Bearer token that enables indexing over HTTP (and allows reads); "
+        "unset = no indexing over HTTP.",
+    )
+    read_token: SecretStr | None = Field(
+        None,
+        description="Token needed to search and view images (Bearer header, or the login "
+        "page's cookie). Unset = reads are open, which `serve` allows only on loopback "
+        "unless --public is given.",
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names the server answers to besides loopback names and IP "
+        "addresses (a guard against DNS rebinding).",
     )
     max_upload_bytes: int = Field(
         20 * 1024 * 1024, ge=1024, description="Largest accepted image upload, in bytes."
+    )
+    max_upload_files: int = Field(
+        32, ge=1, description="Most images in one indexing upload request."
+    )
+    max_query_pixels: int = Field(
+        16_000_000,
+        ge=1,
+        description="Largest query image, in pixels after JPEG draft decoding; far below "
+        "max_image_pixels, because anyone who may search can send one.",
+    )
+    max_concurrent_decodes: int = Field(
+        2, ge=1, description="Query images decoded at once by the server (bounds memory)."
     )
     upload_dir: Path = Field(
         Path("mmsearch_uploads"), description="Where images uploaded for indexing are kept."
@@ -177,6 +208,14 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        """``MMSEARCH_ALLOWED_HOSTS=a.example,b.example`` as well as a TOML list."""
+        if isinstance(value, str):
+            return [h.strip() for h in value.split(",") if h.strip()]
+        return value
 
     @property
     def embedder_name(self) -> str:

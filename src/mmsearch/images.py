@@ -6,8 +6,11 @@ report it and go on instead of crashing on the ten-thousandth file of a folder.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
+import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +27,19 @@ IMAGE_SUFFIXES = frozenset(
 #: for camera photos; models downstream resize to 224-448 px anyway.
 DECODE_MIN_SIDE = 512
 
+
+#: Formats served back to browsers, by the format Pillow decoded (never the file name).
+MEDIA_TYPES = {
+    "JPEG": "image/jpeg",
+    "MPO": "image/jpeg",
+    "PNG": "image/png",
+    "GIF": "image/gif",
+    "WEBP": "image/webp",
+    "BMP": "image/bmp",
+    "TIFF": "image/tiff",
+    "HEIF": "image/heif",
+    "AVIF": "image/avif",
+}
 
 _ORIENTATION = 0x0112
 _SWAPS_SIDES = frozenset({5, 6, 7, 8})
@@ -54,11 +70,14 @@ def decode_image(
     *,
     max_pixels: int,
     min_side: int = DECODE_MIN_SIDE,
+    max_decoded_pixels: int | None = None,
 ) -> tuple[Image.Image, int, int]:
     """Decode bytes to an upright RGB image; returns it with the original width and height.
 
     The pixel count is checked from the header, before any pixel is decoded, so a
-    decompression bomb costs nothing.
+    decompression bomb costs nothing. ``max_decoded_pixels`` bounds what is actually
+    decoded (after JPEG draft scaling): a query image from the network gets a budget far
+    below the indexing limit, since a 260 KB PNG can hold 89 million pixels (268 MB).
     """
     if not data:
         raise ImageError("empty file")
@@ -75,6 +94,11 @@ def decode_image(
             if img.format == "JPEG" and min(width, height) > 2 * min_side:
                 scale = min_side / min(width, height)
                 img.draft("RGB", (max(1, int(width * scale)), max(1, int(height * scale))))
+            if max_decoded_pixels is not None and img.width * img.height > max_decoded_pixels:
+                raise ImageError(
+                    f"too large: {width}x{height} pixels; query images may have at most "
+                    f"{max_decoded_pixels:,} (send a smaller copy)"
+                )
             img.load()
             if img.getexif().get(_ORIENTATION, 1) in _SWAPS_SIDES:
                 width, height = height, width  # record the size as the image is viewed
@@ -122,3 +146,43 @@ def load_image(path: Path, *, max_pixels: int, min_side: int = DECODE_MIN_SIDE) 
     data = read_file(path)
     img, width, height = decode_image(data, max_pixels=max_pixels, min_side=min_side)
     return LoadedImage(path, hash_bytes(data), width, height, img)
+
+
+def read_indexed(path: Path, content_hash: str) -> bytes:
+    """The bytes of an indexed file, only while it is still the regular file that was indexed.
+
+    The file is opened without following a symbolic link in its last part (``O_NOFOLLOW``;
+    ``O_NONBLOCK`` so that a FIFO put in its place cannot hang the server) and its bytes must
+    have the content hash recorded at indexing. A file swapped for a link to /etc/shadow, or
+    rewritten with other content, is refused; a parent folder swapped for a link can only
+    lead to a file with exactly the indexed content. Bytes are checked before any is sent.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise ImageError("no such file") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageError("the file was replaced by a symbolic link") from None
+        raise ImageError(f"cannot read: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise ImageError("not a regular file")
+        data = fh.read()
+    if hash_bytes(data) != content_hash:
+        raise ImageError("the file changed since it was indexed")
+    return data
+
+
+def media_type(data: bytes) -> str:
+    """The media type of image bytes, from the format Pillow reads in them; only image types
+    are ever returned, so nothing is served as HTML or script whatever its name."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            fmt = img.format or ""
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise ImageError("not an image (unrecognised format)") from None
+    if fmt not in MEDIA_TYPES:
+        raise ImageError(f"{fmt or 'unknown'} images are not served")
+    return MEDIA_TYPES[fmt]

@@ -17,10 +17,11 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mmsearch.config import Settings
 from mmsearch.images import (
@@ -44,10 +45,13 @@ class SourceError(ValueError):
 
 @dataclass(frozen=True)
 class SourceItem:
-    """One file to index and the label it came with (folder name or CSV column)."""
+    """One file to index and the label it came with (folder name or CSV column).
+
+    ``refused`` says why the source will not let it be read (a link out of the folder)."""
 
     path: Path
     label: str = ""
+    refused: str = ""
 
 
 @dataclass
@@ -57,6 +61,8 @@ class IngestReport:
     total: int = 0
     indexed: int = 0
     unchanged: int = 0
+    #: Files listed again (a CSV row repeated, a link to a file already listed): one row each.
+    duplicates: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     #: Seconds spent per stage (read+decode is summed over the decode threads, which run
@@ -67,6 +73,22 @@ class IngestReport:
     def images_per_second(self) -> float:
         return self.indexed / self.seconds if self.seconds > 0 else 0.0
 
+    def as_dict(self, *, full_paths: bool = True) -> dict[str, Any]:
+        """The report as JSON-ready data: one form for the CLI, the API and scripts.
+
+        ``full_paths=False`` keeps only file names (the API does not disclose folders)."""
+        name = (lambda p: p) if full_paths else (lambda p: Path(p).name)
+        return {
+            "total": self.total,
+            "indexed": self.indexed,
+            "unchanged": self.unchanged,
+            "duplicates": self.duplicates,
+            "failed": [{"path": name(p), "reason": r} for p, r in self.failed],
+            "seconds": round(self.seconds, 3),
+            "images_per_second": round(self.images_per_second, 2),
+            "stage_seconds": {k: round(v, 3) for k, v in self.stages.items()},
+        }
+
 
 def item_id(path: Path) -> str:
     """Stable id of a file: the same absolute path always maps to the same row."""
@@ -76,43 +98,66 @@ def item_id(path: Path) -> str:
 # -- sources ----------------------------------------------------------------------------------
 
 
-def iter_folder(root: Path) -> Iterator[SourceItem]:
+OUTSIDE_LINK = (
+    "a symbolic link to a file outside the indexed folder (set follow_symlinks to index it)"
+)
+
+
+def iter_folder(root: Path, *, follow_symlinks: bool = False) -> Iterator[SourceItem]:
     """Image files under ``root``, recursively, in a stable order; label = parent folder.
 
-    Symbolic links to folders are not followed, so a link loop cannot trap the walk. Names
-    that are not valid UTF-8 are kept as the OS gives them (surrogate escapes).
+    Symbolic links to folders are not followed, so a link loop cannot trap the walk. A link
+    to a file outside ``root`` is listed as refused unless ``follow_symlinks``: indexing a
+    folder must not publish what lies beyond it. Names that are not valid UTF-8 are kept as
+    the OS gives them (surrogate escapes).
     """
+    real_root = root.resolve()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames.sort()
         for name in sorted(filenames):
             path = Path(dirpath) / name
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                yield SourceItem(path, path.parent.name if path.parent != root else root.name)
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            label = path.parent.name if path.parent != root else root.name
+            outside = path.is_symlink() and not path.resolve().is_relative_to(real_root)
+            refused = OUTSIDE_LINK if outside and not follow_symlinks else ""
+            yield SourceItem(path, label, refused)
 
 
 def iter_csv(csv_path: Path) -> Iterator[SourceItem]:
     """Rows of a CSV in the reference format ``id,path,label`` (paths relative to the CSV)."""
-    with csv_path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or "path" not in reader.fieldnames:
-            raise SourceError(
-                f"{csv_path}: a CSV source needs a 'path' column (reference format: id,path,label)"
-            )
-        for row in reader:
-            raw = (row.get("path") or "").strip()
-            if not raw:
-                continue
-            path = Path(raw)
-            if not path.is_absolute():
-                path = csv_path.parent / path
-            yield SourceItem(Path(os.path.normpath(path)), (row.get("label") or "").strip())
+    try:
+        with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+            yield from _csv_rows(csv_path, csv.DictReader(fh))
+    except UnicodeDecodeError as exc:
+        raise SourceError(
+            f"{csv_path}: not UTF-8 text (byte {exc.object[exc.start]:#x} at offset "
+            f"{exc.start}); save the CSV as UTF-8"
+        ) from None
+    except csv.Error as exc:
+        raise SourceError(f"{csv_path}: not a readable CSV: {exc}") from None
 
 
-def iter_source(source: Path) -> Iterator[SourceItem]:
+def _csv_rows(csv_path: Path, reader: csv.DictReader) -> Iterator[SourceItem]:
+    if not reader.fieldnames or "path" not in reader.fieldnames:
+        raise SourceError(
+            f"{csv_path}: a CSV source needs a 'path' column (reference format: id,path,label)"
+        )
+    for row in reader:
+        raw = (row.get("path") or "").strip()
+        if not raw:
+            continue
+        path = Path(raw)
+        if not path.is_absolute():
+            path = csv_path.parent / path
+        yield SourceItem(Path(os.path.normpath(path)), (row.get("label") or "").strip())
+
+
+def iter_source(source: Path, *, follow_symlinks: bool = False) -> Iterator[SourceItem]:
     """A folder, a CSV file, or one image file."""
     source = Path(source)
     if source.is_dir():
-        return iter_folder(source)
+        return iter_folder(source, follow_symlinks=follow_symlinks)
     if not source.exists():
         raise SourceError(f"{source}: no such file or folder")
     if source.suffix.lower() == ".csv":
@@ -120,6 +165,27 @@ def iter_source(source: Path) -> Iterator[SourceItem]:
     if source.suffix.lower() in IMAGE_SUFFIXES:
         return iter([SourceItem(source, source.parent.name)])
     raise SourceError(f"{source}: not a folder, a .csv file or an image")
+
+
+def _unique(
+    items: Iterable[SourceItem], limit: int | None
+) -> tuple[list[tuple[str, SourceItem]], int]:
+    """(id, item) for each file once, in order, up to ``limit``; and how many were repeats.
+
+    Two entries with one id (a CSV naming a file twice, a link beside its target) would be
+    two rows in one write batch, which the Milvus 2.3 server stores twice.
+    """
+    seen: dict[str, SourceItem] = {}
+    repeats = 0
+    for item in items:
+        if limit is not None and len(seen) >= limit:
+            break
+        id_ = item_id(item.path)
+        if id_ in seen:
+            repeats += 1
+        else:
+            seen[id_] = item
+    return list(seen.items()), repeats
 
 
 # -- the pipeline -----------------------------------------------------------------------------
@@ -174,16 +240,18 @@ class Ingestor:
         4 s of a 22 s run of 300 images (bench/ingest.py), and it is not needed for safety,
         as Milvus replays its log after a crash and the embedded server flushes when it
         stops."""
-        items = list(iter_source(source) if isinstance(source, (str, Path)) else source)
-        if limit is not None:
-            items = items[:limit]
+        if limit is not None and limit < 1:
+            raise SourceError(f"limit must be at least 1, got {limit}")
+        if isinstance(source, (str, Path)):
+            source = iter_source(Path(source), follow_symlinks=self.settings.follow_symlinks)
+        items, duplicates = _unique(source, limit)
         self.store.open(
             embedder=self.embedder.name,
             dim=self.embedder.dim,
             feature_dim=self.embedder.feature_dim,
             extra_meta={"describer": self.describer.name},
         )
-        report = IngestReport(total=len(items))
+        report = IngestReport(total=len(items), duplicates=duplicates)
         started = time.perf_counter()
         bs = self.settings.batch_size
         batches = [items[i : i + bs] for i in range(0, len(items), bs)]
@@ -208,16 +276,16 @@ class Ingestor:
         return report
 
     def _prepare(
-        self, pool: ThreadPoolExecutor, batch: list[SourceItem]
+        self, pool: ThreadPoolExecutor, batch: list[tuple[str, SourceItem]]
     ) -> list[Future[_Prepared]]:
-        ids = [item_id(s.path) for s in batch]
-        known = self.store.content_hashes(ids)
-        return [
-            pool.submit(self._load, s, i, known.get(i)) for s, i in zip(batch, ids, strict=True)
-        ]
+        known = self.store.content_hashes([i for i, _ in batch])
+        return [pool.submit(self._load, s, i, known.get(i)) for i, s in batch]
 
     def _load(self, source: SourceItem, id_: str, known_hash: str | None) -> _Prepared:
         prepared = _Prepared(source, id_)
+        if source.refused:
+            prepared.error = source.refused
+            return prepared
         started = time.perf_counter()
         try:
             data = read_file(source.path)
@@ -246,7 +314,7 @@ class Ingestor:
                 report.unchanged += 1
             elif p.error is not None:
                 report.failed.append((str(p.source.path), p.error))
-                log.warning("skipped %s: %s", p.source.path, p.error)
+                log.info("skipped %s: %s", p.source.path, p.error)  # the report lists it
             else:
                 ready.append(p)
         if not ready:

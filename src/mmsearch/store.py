@@ -81,6 +81,48 @@ class ProviderMismatchError(StoreError):
     """The collection was built by another embedder; its vectors cannot be searched with ours."""
 
 
+class InvalidFilterError(StoreError):
+    """A filter expression Milvus cannot parse or apply; the message quotes it and says why."""
+
+
+class _Checked:
+    """A ``MilvusClient`` whose failures arrive as ``StoreError``s that name the URI.
+
+    pymilvus raises ``MilvusException`` (and logs a traceback) for everything from a typo
+    in a filter to a killed server; the CLI and the API need one error type with a message
+    a user can act on, and a filter error told apart (a 400, not a 503).
+    """
+
+    def __init__(self, client: Any, uri: str) -> None:
+        self._client = client
+        self._uri = uri
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            from pymilvus.exceptions import MilvusException
+
+            try:
+                return attr(*args, **kwargs)
+            except MilvusException as exc:
+                raise self._error(name, kwargs.get("filter"), exc) from None
+
+        return call
+
+    def _error(self, call: str, filter: str | None, exc: Exception) -> StoreError:
+        reason = " ".join(str(getattr(exc, "message", exc)).split())
+        code = getattr(exc, "code", None)
+        if filter and code not in (1, 2) and "connect" not in reason.lower():
+            return InvalidFilterError(f"invalid filter {filter!r}: {reason}")
+        return StoreError(
+            f"Milvus at {self._uri!r} failed ({call}): {reason}. If the server stopped, run "
+            "the command again (an embedded server is restarted on first use)"
+        )
+
+
 @dataclass
 class Item:
     """One indexed image as stored: the facts, not the vectors."""
@@ -224,19 +266,18 @@ class Store:
         # StoreError that says so instead.
         logging.getLogger("milvus_lite.server_manager").setLevel(logging.CRITICAL)
         logging.getLogger("pymilvus.client.iterator.query_iterator").setLevel(logging.ERROR)
+        # pymilvus logs a traceback for every failed call; ours raise a StoreError instead.
+        logging.getLogger("pymilvus.decorators").setLevel(logging.CRITICAL)
         from pymilvus import MilvusClient
 
         uri = self.uri
-        if self.settings.is_embedded:
-            uri = self._start_embedded()
-        elif self.settings.is_lite:
-            path = Path(uri).expanduser()
-            if path.parent and not path.parent.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
-            uri = str(path)
         token = self.settings.token.get_secret_value() if self.settings.token else ""
+        if self.settings.is_embedded:
+            uri, token = self._start_embedded()
         try:
-            client = MilvusClient(uri=uri, token=token, timeout=30)
+            if self.settings.is_lite:
+                uri = self._lite_file()
+            client = _Checked(MilvusClient(uri=uri, token=token, timeout=30), self.uri)
             if self.settings.is_lite:
                 with _LITE_LOCK:
                     _LITE_USERS[os.path.abspath(uri)] += 1
@@ -246,7 +287,9 @@ class Store:
             if self._holder is not None:
                 embedded.remove_holder(self._holder)
                 self._holder = None
-            if self.settings.is_lite:
+            if isinstance(exc, OSError):
+                hint = "the data folder must exist or be creatable, and be writable"
+            elif self.settings.is_lite:
                 hint = (
                     "Milvus Lite allows one process per file: stop the other mmsearch process "
                     "using it (for example `mmsearch serve`), or use a Milvus server URI"
@@ -257,8 +300,14 @@ class Store:
                 hint = "check that the Milvus server is running and reachable, and the token"
             raise StoreError(f"cannot open Milvus at {self.uri!r}: {exc}. {hint}.") from exc
 
-    def _start_embedded(self) -> str:
-        """Attach to (or start) the Milvus server for an ``embedded:DIR`` URI; its address."""
+    def _lite_file(self) -> str:
+        path = Path(self.uri).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return str(path)
+
+    def _start_embedded(self) -> tuple[str, str]:
+        """Attach to (or start) the Milvus server for an ``embedded:DIR`` URI; its address
+        and the credentials mmsearch keeps for it."""
         base_dir = embedded.base_dir_of(self.uri)
         try:
             info, _ = embedded.ensure_server(
@@ -268,8 +317,13 @@ class Store:
             )
         except embedded.EmbeddedServerError as exc:
             raise StoreError(f"cannot open Milvus at {self.uri!r}: {exc}") from exc
+        except OSError as exc:  # a read-only or vanished data folder
+            raise StoreError(
+                f"cannot open Milvus at {self.uri!r}: {exc.strerror or exc}"
+                + (f": {exc.filename}" if exc.filename else "")
+            ) from exc
         self._holder = embedded.add_holder(base_dir)
-        return info.uri
+        return info.uri, ""
 
     def close(self) -> None:
         if self._client is None:
@@ -462,7 +516,8 @@ class Store:
         """Insert or replace rows by id: writing the same file twice never duplicates it."""
         if not rows:
             return 0
-        data = [row_record(row) for row in rows]
+        # One id twice in one write is stored twice by the Milvus 2.3 server: keep the last.
+        data = list({row.item.id: row_record(row) for row in rows}.values())
         if self.split:
             for vec in _SIDE_FIELDS:
                 side = [

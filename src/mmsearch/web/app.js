@@ -27,6 +27,10 @@ function begin() {
 async function call(url, options = {}) {
   const ctl = begin();
   const res = await fetch(url, { ...options, signal: ctl.signal });
+  if (res.status === 401) {  // not signed in (or the session expired)
+    location.assign("/login");
+    throw new DOMException("signing in", "AbortError");
+  }
   const body = await res.json().catch(() => ({}));
   if (ctl.signal.aborted) throw new DOMException("superseded by a newer request", "AbortError");
   if (!res.ok) {
