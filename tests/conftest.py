@@ -36,10 +36,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture
 def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """Retry backoff of milliseconds: tests check retry behaviour, not the wait."""
-    from mmsearch.providers import remote
+    from mmsearch.providers import caller
 
-    monkeypatch.setattr(remote, "BACKOFF_INITIAL", 0.01)
-    monkeypatch.setattr(remote, "BACKOFF_MAX", 0.05)
+    monkeypatch.setattr(caller, "BACKOFF_INITIAL", 0.01)
+    monkeypatch.setattr(caller, "BACKOFF_MAX", 0.05)
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,12 @@
 """The dashscope provider through the real SDK against a local DashScope-protocol server.
 
-Covers what the remote providers share too: the token bucket, retries and backoff, the
-prompt and the parsing of answers, the image size limit.
+Covers what the remote providers share too, end to end: retries and backoff, the rate
+limit and concurrency as the server sees them, the prompt, the image size limit. Their
+parts are unit-tested on their own in ``tests/unit``.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,16 +17,9 @@ from PIL import Image
 from mmsearch import MMSearch, Mode, Settings
 from mmsearch.images import decode_image, read_file
 from mmsearch.providers import get_describer, get_embedder
+from mmsearch.providers.answers import PROMPT_EN, PROMPT_ZH
 from mmsearch.providers.base import FatalProviderError, ProviderError
-from mmsearch.providers.remote import (
-    MAX_IMAGE_BYTES,
-    PROMPT_EN,
-    PROMPT_ZH,
-    RateLimiter,
-    image_data_uri,
-    parse_description,
-    parse_retry_after,
-)
+from mmsearch.providers.encoding import MAX_IMAGE_BYTES, image_data_uri
 
 from .conftest import REVERSE_CSV
 from .fake_dashscope import (
@@ -81,103 +73,6 @@ def as_sent(origin: str) -> Image.Image:
     """The image as the server received it: decoded as ingest does, sent as a data URI."""
     image, _, _ = decode_image(read_file(Path(origin)), max_pixels=10**9)
     return decode_data_uri(image_data_uri(image))
-
-
-# -- the answer parser ------------------------------------------------------------------------
-
-PARSE_CASES = [
-    (
-        "描述：一只狮子躺在草地上。\n关键词：狮子、草地、动物、野生、自然",
-        "一只狮子躺在草地上。",
-        ["狮子", "草地", "动物", "野生", "自然"],
-    ),
-    (
-        "一只狮子躺在草地上。\n\n**关键词：**\n1. 狮子\n2. 草地\n3. 动物\n4. 野生\n5. 自然",
-        "一只狮子躺在草地上。",
-        ["狮子", "草地", "动物", "野生", "自然"],
-    ),
-    (
-        "1. 图片描述：一只狮子。\n2. 关键词：狮子，草地，动物，野生，自然，阳光",
-        "一只狮子。",
-        ["狮子", "草地", "动物", "野生", "自然"],
-    ),
-    ("1. 描述：一只狮子。 2. 关键词：狮子；草地", "一只狮子。", ["狮子", "草地"]),
-    ("关键词：狮子 草原 动物\n描述：一只狮子", "一只狮子", ["狮子", "草原", "动物"]),
-    ("### 描述\n一只狮子。\n### 关键词\n狮子、草地、狮子", "一只狮子。", ["狮子", "草地"]),
-    ("一只狮子躺在草地上。\n狮子、草地、动物", "一只狮子躺在草地上。", ["狮子", "草地", "动物"]),
-    (
-        "Description: A lion on grass.\nKeywords: lion, grass, wildlife, savanna, animal",
-        "A lion on grass.",
-        ["lion", "grass", "wildlife", "savanna", "animal"],
-    ),
-    ("A lion.\n\nKeywords:\n- lion\n- grass\n\nHope this helps!", "A lion.", ["lion", "grass"]),
-    (
-        "**Description:** A lion.\n**Keywords:** \"lion\"; 'grass'; #savanna",
-        "A lion.",
-        ["lion", "grass", "savanna"],
-    ),
-    (
-        "A lion lying in 3.5 m of grass.\n1. lion\n2. grass\n3. wildlife",
-        "A lion lying in 3.5 m of grass.",
-        ["lion", "grass", "wildlife"],
-    ),
-    ("这是一只狮子。", "这是一只狮子。", []),
-]
-
-
-@pytest.mark.parametrize(("answer", "text", "keywords"), PARSE_CASES)
-def test_answers_parse_into_description_and_keywords(answer, text, keywords):
-    parsed = parse_description(answer)
-    assert parsed.text == text
-    assert parsed.keywords == keywords
-
-
-def test_empty_answer_is_an_error():
-    with pytest.raises(ProviderError):
-        parse_description("  \n ")
-
-
-def test_retry_after_header_forms():
-    assert parse_retry_after({"Retry-After": "2"}) == 2.0
-    assert parse_retry_after({"retry-after-ms": "250"}) == 0.25
-    assert parse_retry_after({"x-other": "1"}) is None
-    date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 30))
-    assert 25 <= parse_retry_after({"Retry-After": date}) <= 31
-
-
-# -- the token bucket -------------------------------------------------------------------------
-
-
-def test_token_bucket_spaces_requests_by_the_rate():
-    now = [0.0]
-    limiter = RateLimiter(600, burst=3, clock=lambda: now[0])  # 10/s, 3 at once
-    delays = [limiter.reserve() for _ in range(6)]
-    assert delays == pytest.approx([0, 0, 0, 0.1, 0.2, 0.3])
-    now[0] = 10.0  # idle time refills to the burst, no further
-    assert [limiter.reserve() for _ in range(4)] == pytest.approx([0, 0, 0, 0.1])
-    now[0] = 20.0
-    limiter.pause(2.0)  # a Retry-After holds back every request to the endpoint
-    assert [limiter.reserve() for _ in range(2)] == pytest.approx([2.0, 2.1])
-
-
-def test_token_bucket_holds_across_threads():
-    limiter = RateLimiter(1200, burst=1)  # 20/s
-    times: list[float] = []
-    lock = threading.Lock()
-
-    def worker() -> None:
-        for _ in range(5):
-            limiter.acquire()
-            with lock:
-                times.append(time.monotonic())
-
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(times) == 20
-    assert max_excess(times, rate=20, burst=1, slack=0.05) <= 0
 
 
 # -- images -----------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ import pytest
 from mmsearch import MMSearch, Mode, Settings
 from mmsearch.images import decode_image, read_file
 from mmsearch.providers import get_describer
+from mmsearch.providers.answers import PROMPT_EN, PROMPT_ZH
 from mmsearch.providers.base import FatalProviderError, ProviderError
-from mmsearch.providers.remote import PROMPT_EN, PROMPT_ZH, image_data_uri
+from mmsearch.providers.encoding import image_data_uri
 
 from .conftest import LION, REVERSE_CSV
 from .fake_dashscope import caption, decode_data_uri, max_excess

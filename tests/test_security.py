@@ -285,7 +285,9 @@ def test_cli_errors_are_one_line(library, tmp_path):
     )
     assert bad_filter.exit_code == 1 and "invalid filter" in bad_filter.output
     assert "Traceback" not in bad_filter.output
-    negative = runner.invoke(cli_app, ["--uri", settings.uri, "index", str(photos), "--limit", "-1"])
+    negative = runner.invoke(
+        cli_app, ["--uri", settings.uri, "index", str(photos), "--limit", "-1"]
+    )
     assert negative.exit_code == 2 and "Traceback" not in negative.output
     for uri in ("/proc/mmsearch-test/x.db", "embedded:/proc/mmsearch-test"):  # read-only
         out = runner.invoke(cli_app, ["--uri", uri, "stats"])

@@ -9,7 +9,8 @@
 
 Requests for a batch run concurrently (``max_concurrency``), under one token bucket per
 endpoint and key (``requests_per_minute``), with retries on 429, 5xx and timeouts; see
-``remote``. The SDK's own retry is limited to resending once on a dropped pooled connection.
+``caller`` and, for what a failure becomes, ``errors``. The SDK's own retry is limited to
+resending once on a dropped pooled connection.
 The key comes from ``DASHSCOPE_API_KEY`` (or ``dashscope_api_key`` in ``mmsearch.toml``)
 and is passed to each call, so the SDK's global key and key files are never consulted.
 """
@@ -28,6 +29,7 @@ import urllib3.exceptions  # a dependency of requests
 from PIL import Image
 
 from mmsearch.config import Language, Settings
+from mmsearch.providers.answers import describe_prompt, parse_description
 from mmsearch.providers.base import (
     Description,
     FatalProviderError,
@@ -37,18 +39,9 @@ from mmsearch.providers.base import (
     register_describer,
     register_embedder,
 )
-from mmsearch.providers.remote import (
-    RemoteCaller,
-    TransientError,
-    describe_prompt,
-    http_error,
-    image_data_uri,
-    parse_description,
-    redact,
-    secret_fingerprint,
-    shared_limiter,
-    uri_key,
-)
+from mmsearch.providers.client import RemoteClient
+from mmsearch.providers.encoding import image_data_uri, uri_key
+from mmsearch.providers.errors import TransportErrors
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +76,27 @@ class _QuietRequestFailed(logging.Filter):
 logging.getLogger("dashscope").addFilter(_QuietRequestFailed())
 
 
-def _unreachable(exc: requests.RequestException) -> bool:
+def _unreachable(exc: Exception) -> bool:
     """True when the connection could not be opened at all (refused, no such host)."""
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return True
     reason = getattr(exc.args[0], "reason", None) if exc.args else None
     return isinstance(reason, urllib3.exceptions.NewConnectionError)
+
+
+#: What requests (under the SDK) raises; any other exception is the SDK's own complaint
+#: about this request (bad input, a failed upload).
+REQUESTS_ERRORS = TransportErrors(
+    invalid_url=(
+        requests.exceptions.InvalidURL,
+        requests.exceptions.MissingSchema,
+        requests.exceptions.InvalidSchema,
+    ),
+    timeout=(requests.exceptions.Timeout,),
+    failure=(requests.RequestException,),
+    unreachable=_unreachable,
+    sdk="SDK",
+)
 
 
 def _field(response: Any, name: str) -> Any:
@@ -119,8 +127,15 @@ def _sdk_safe_text(text: str) -> str:
     return text
 
 
-class DashScopeClient:
-    """One place that calls the SDK and turns its answers into values or provider errors."""
+class DashScopeClient(RemoteClient):
+    """The one place that calls the SDK and turns its answers into values or provider errors."""
+
+    service = SERVICE
+    key_env = KEY_ENV
+    url_setting = "dashscope_base_url"
+    transport_errors = REQUESTS_ERRORS
+    auth_codes = AUTH_CODES
+    fatal_codes = FATAL_CODES
 
     def __init__(self, settings: Settings) -> None:
         key = settings.dashscope_api_key.get_secret_value() if settings.dashscope_api_key else ""
@@ -131,13 +146,7 @@ class DashScopeClient:
                 "(or dashscope_api_key in mmsearch.toml); get one at "
                 "https://dashscope.console.aliyun.com/apiKey"
             )
-        self._key = key
-        self.base_url = settings.dashscope_base_url.rstrip("/")
-        self.timeout = settings.request_timeout
-        limiter = shared_limiter(
-            ("dashscope", self.base_url, secret_fingerprint(key)), settings.requests_per_minute
-        )
-        self.caller = RemoteCaller(settings, service=SERVICE, limiter=limiter)
+        super().__init__(settings, name="dashscope", base_url=settings.dashscope_base_url, key=key)
 
     def request(self, api: Any, *, config_hint: str, **kwargs: Any) -> Any:
         """One SDK call (``api.call(**kwargs)``) with the key, endpoint and timeout.
@@ -145,57 +154,35 @@ class DashScopeClient:
         Returns the response; raises ``TransientError`` (retried by the caller),
         ``FatalProviderError`` or ``ProviderError``.
         """
-        try:
-            response = api.call(
+        response = self.send(
+            lambda: api.call(
                 api_key=self._key,
                 base_address=self.base_url,
                 request_timeout=self.timeout,
                 **kwargs,
-            )
-        except (
-            requests.exceptions.InvalidURL,
-            requests.exceptions.MissingSchema,
-            requests.exceptions.InvalidSchema,
-        ) as exc:
-            raise FatalProviderError(
-                f"{SERVICE}: the base URL {self.base_url!r} is not valid ({exc}); "
-                "check dashscope_base_url"
-            ) from None
-        except requests.exceptions.Timeout as exc:
-            raise TransientError(
-                f"{SERVICE}: no answer within {self.timeout:g} s",
-                unreachable=isinstance(exc, requests.exceptions.ConnectTimeout),
-            ) from None
-        except requests.RequestException as exc:
-            raise TransientError(
-                f"{SERVICE}: {type(exc).__name__} talking to {self.base_url}",
-                unreachable=_unreachable(exc),
-            ) from None
-        except Exception as exc:  # the SDK's own errors: bad input, upload failures
-            raise ProviderError(
-                f"{SERVICE} SDK: {type(exc).__name__}: {redact(str(exc), self._key)}"
-            ) from None
+            ),
+            url=self.base_url,
+        )
         status = int(_field(response, "status_code") or 0)
         if status != 200:
-            code = _field(response, "code") or None
-            message = _field(response, "message") or None
-            headers: Mapping[str, Any] | None = _field(response, "headers")  # SDK >= 1.24
-            fatal = FATAL_CODES
-            if message and "model not exist" in str(message).lower():
-                fatal = fatal | {str(code)}
-            raise http_error(
-                service=SERVICE,
-                status=status,
-                code=str(code) if code else None,
-                message=str(message) if message else None,
-                headers=headers,
-                key_env=KEY_ENV,
-                secret=self._key,
-                auth_codes=AUTH_CODES,
-                fatal_codes=fatal,
-                config_hint=config_hint,
-            )
+            raise self._answer_error(response, status, config_hint)
         return response
+
+    def _answer_error(self, response: Any, status: int, config_hint: str) -> ProviderError:
+        """The error for a failed answer, from the fields the SDK gives it."""
+        code = _field(response, "code") or None
+        message = _field(response, "message") or None
+        fatal = FATAL_CODES
+        if message and "model not exist" in str(message).lower():
+            fatal = fatal | {str(code)}  # an unknown model, under a generic code
+        return self.status_error(
+            status,
+            code=str(code) if code else None,
+            message=str(message) if message else None,
+            headers=_field(response, "headers"),  # SDK >= 1.24
+            config_hint=config_hint,
+            fatal_codes=fatal,
+        )
 
 
 class DashScopeEmbedder:

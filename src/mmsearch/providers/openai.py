@@ -6,7 +6,8 @@ URI and the reference prompt, the key (``OPENAI_API_KEY``) as a bearer token. A 
 server often needs no key; then no ``Authorization`` header is sent. It only describes;
 pair it with any embedder (``embedder = "offline"``, ``"dashscope"``, ``"clip"``).
 
-Rate limit, retries and concurrency are those of ``remote``, as for DashScope.
+``OpenAIClient`` sends the requests; rate limit, retries, concurrency and the mapping of
+failures to errors are those of ``RemoteClient``, as for DashScope.
 """
 
 from __future__ import annotations
@@ -18,24 +19,15 @@ import httpx  # imported here so that a missing package gets the registry's inst
 from PIL import Image
 
 from mmsearch.config import Language, Settings
+from mmsearch.providers.answers import describe_prompt, parse_description
 from mmsearch.providers.base import (
     Description,
-    FatalProviderError,
     ProviderError,
     register_describer,
 )
-from mmsearch.providers.remote import (
-    RemoteCaller,
-    TransientError,
-    describe_prompt,
-    http_error,
-    image_data_uri,
-    parse_description,
-    redact,
-    secret_fingerprint,
-    shared_limiter,
-    uri_key,
-)
+from mmsearch.providers.client import RemoteClient
+from mmsearch.providers.encoding import image_data_uri, uri_key
+from mmsearch.providers.errors import TransportErrors, invalid_url_error
 
 SERVICE = "OpenAI-compatible endpoint"
 KEY_ENV = "OPENAI_API_KEY"
@@ -67,65 +59,62 @@ def _error_fields(response: httpx.Response) -> tuple[str | None, str | None]:
     return None, str(body)[:300]
 
 
-class OpenAIDescriber:
-    """A description and keywords per image from a vision chat model."""
+#: What httpx raises. Nothing else is caught: any other exception is a bug.
+HTTPX_ERRORS = TransportErrors(
+    invalid_url=(httpx.UnsupportedProtocol,),
+    timeout=(httpx.TimeoutException,),
+    failure=(httpx.TransportError,),
+    unreachable=lambda exc: isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError),
+)
 
-    def __init__(self, settings: Settings) -> None:
+
+class OpenAIClient(RemoteClient):
+    """``POST {openai_base_url}/chat/completions``, its answer as JSON or a provider error.
+
+    A local server often needs no key; then no ``Authorization`` header is sent.
+    """
+
+    service = SERVICE
+    key_env = KEY_ENV
+    url_setting = "openai_base_url"
+    transport_errors = HTTPX_ERRORS
+    auth_codes = AUTH_CODES
+    fatal_codes = FATAL_CODES
+
+    def __init__(self, settings: Settings, *, transport: httpx.BaseTransport | None = None) -> None:
+        """``transport`` replaces the network (tests answer with ``httpx.MockTransport``)."""
         key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
-        self._key = key.strip() or None
-        self.base_url = settings.openai_base_url.rstrip("/")
+        super().__init__(
+            settings, name="openai", base_url=settings.openai_base_url, key=key.strip() or None
+        )
         self.url = f"{self.base_url}/chat/completions"
         self.model = settings.openai_model
-        self.language = Language(settings.language)
-        self.prompt = describe_prompt(self.language)
-        self.name = f"openai-{self.model}-{self.language.value}"
-        self.timeout = settings.request_timeout
         headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
         try:
             self._http = httpx.Client(
                 headers=headers,
                 timeout=httpx.Timeout(settings.request_timeout),
                 limits=httpx.Limits(max_connections=settings.max_concurrency),
+                transport=transport,
             )
             self._http.build_request("POST", self.url)  # rejects a malformed URL now
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
-            raise FatalProviderError(
-                f"{SERVICE}: {self.url!r} is not a valid URL ({exc}); check openai_base_url"
-            ) from None
-        limiter = shared_limiter(
-            ("openai", self.base_url, secret_fingerprint(self._key)), settings.requests_per_minute
-        )
-        self.caller = RemoteCaller(settings, service=SERVICE, limiter=limiter)
+            raise invalid_url_error(SERVICE, self.url, exc, self.url_setting) from None
 
-    def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
-        try:
-            response = self._http.post(self.url, json=payload)
-        except httpx.TimeoutException as exc:
-            raise TransientError(
-                f"{SERVICE}: no answer within {self.timeout:g} s",
-                unreachable=isinstance(exc, httpx.ConnectTimeout),
-            ) from None
-        except httpx.UnsupportedProtocol as exc:
-            raise FatalProviderError(
-                f"{SERVICE}: {self.url!r} is not a valid URL ({exc}); check openai_base_url"
-            ) from None
-        except httpx.TransportError as exc:
-            raise TransientError(
-                f"{SERVICE}: {type(exc).__name__} talking to {self.base_url}",
-                unreachable=isinstance(exc, httpx.ConnectError),
-            ) from None
+    def request(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """One chat completion: the answer's JSON body.
+
+        Raises ``TransientError`` (retried by the caller), ``FatalProviderError`` or
+        ``ProviderError``.
+        """
+        response = self.send(lambda: self._http.post(self.url, json=payload), url=self.url)
         if response.status_code != 200:
             code, message = _error_fields(response)
-            raise http_error(
-                service=SERVICE,
-                status=response.status_code,
+            raise self.status_error(
+                response.status_code,
                 code=code,
                 message=message,
                 headers=response.headers,
-                key_env=KEY_ENV,
-                secret=self._key,
-                auth_codes=AUTH_CODES,
-                fatal_codes=FATAL_CODES,
                 config_hint=f"openai_base_url ({self.base_url}) and openai_model ({self.model!r})",
             )
         try:
@@ -133,8 +122,22 @@ class OpenAIDescriber:
         except ValueError:
             raise ProviderError(f"{SERVICE}: the answer is not JSON") from None
 
+    def close(self) -> None:
+        self._http.close()
+
+
+class OpenAIDescriber:
+    """A description and keywords per image from a vision chat model."""
+
+    def __init__(self, client: OpenAIClient, language: Language) -> None:
+        self.client = client
+        self.model = client.model
+        self.language = Language(language)
+        self.prompt = describe_prompt(self.language)
+        self.name = f"openai-{self.model}-{self.language.value}"
+
     def _describe(self, uri: str) -> Description:
-        body = self._post(
+        body = self.client.request(
             {
                 "model": self.model,
                 "messages": [
@@ -150,25 +153,29 @@ class OpenAIDescriber:
                 "temperature": TEMPERATURE,
             }
         )
+        return parse_description(self._content(body))
+
+    def _content(self, body: dict[str, Any]) -> str:
+        """The answer's text, also from servers that answer in content parts."""
         try:
             content = body["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError) as exc:
             raise ProviderError(
-                f"{SERVICE}: unexpected answer ({redact(repr(exc), self._key)})"
+                f"{SERVICE}: unexpected answer ({self.client.redact(repr(exc))})"
             ) from None
-        if isinstance(content, list):  # some servers answer in content parts
+        if isinstance(content, list):
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        return parse_description(content or "")
+        return content or ""
 
     def describe(self, images: Sequence[Image.Image]) -> list[Description]:
         uris = [image_data_uri(image) for image in images]
         keys = [("describe", self.model, self.prompt, uri_key(u)) for u in uris]
-        return self.caller.map_cached(self._describe, uris, keys)
+        return self.client.caller.map_cached(self._describe, uris, keys)
 
     def close(self) -> None:
-        self._http.close()
+        self.client.close()
 
 
 @register_describer("openai")
 def _openai_describer(settings: Settings) -> OpenAIDescriber:
-    return OpenAIDescriber(settings)
+    return OpenAIDescriber(OpenAIClient(settings), settings.language)
