@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: setup demo test test-clip lint bench clean
+.PHONY: setup demo test test-fast test-clip lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -22,6 +22,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest
+
+# The fast tier: fake providers and an in-memory Milvus (tests/fakes.py); no models, data
+# sets or Milvus process, a few seconds.
+test-fast: setup
+	$(PY) -m pytest tests/unit -q
 
 # The open_clip tests need torchvision, so they run in a venv of their own with torch 2.14.1
 # (pip takes it from local disk; about 6 GB).

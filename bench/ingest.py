@@ -81,7 +81,7 @@ def pipeline(paths: list[Path], batch_size: int, workers: int, cache: Path, stor
         settings = Settings(uri=uri, batch_size=batch_size, workers=workers, cache_dir=cache)
         try:
             with MMSearch(settings=settings) as mm:
-                from mmsearch.ingest import SourceItem
+                from mmsearch.sources import SourceItem
 
                 report = mm.index([SourceItem(p, "x") for p in paths])
         finally:

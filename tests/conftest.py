@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -22,10 +24,6 @@ LION = REVERSE / "test" / "lion" / "n02129165_13728.JPEG"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # One embedded Milvus server runs per machine (its etcd has a fixed port): the lifecycle
-    # tests, which start and stop servers of their own, run before anything starts the
-    # session's shared server.
-    items.sort(key=lambda item: item.module.__name__ != "tests.test_embedded")
     if not REVERSE_CSV.exists():
         skip = pytest.mark.skip(reason=f"data sets not found at {DATASETS}")
         for item in items:
@@ -105,34 +103,43 @@ def server(request, tmp_path_factory, cache_dir):
         uri = str(root / "web.db")
     with MMSearch(settings=Settings(uri=uri, collection="web", cache_dir=cache_dir)) as mm:
         assert mm.index(REVERSE_CSV).indexed == 100
+    env = {"MMSEARCH_URI": uri, "MMSEARCH_COLLECTION": "web", "MMSEARCH_CACHE_DIR": str(cache_dir)}
+    with serving(env, root) as (base, _):
+        yield base
+
+
+@contextlib.contextmanager
+def serving(env: dict[str, str], cwd: Path) -> Iterator[tuple[str, int]]:
+    """`mmsearch serve` in a subprocess on a free loopback port, with ``env`` added to this
+    process's environment; yields (base URL, pid) once it answers, stops it afterwards."""
     port = _free_port()
-    env = {
-        **os.environ,
-        "MMSEARCH_URI": uri,
-        "MMSEARCH_COLLECTION": "web",
-        "MMSEARCH_CACHE_DIR": str(cache_dir),
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mmsearch.cli", "serve", "--port", str(port)],
-        env=env,
-        cwd=root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    log = cwd / f"serve-{port}.log"  # a file, not a pipe nobody reads (it would fill up)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mmsearch.cli", "serve", "--port", str(port)],
+            env={**os.environ, **env},
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/api/v1/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None:
+                raise RuntimeError(f"server died: {log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.3)
+        else:
+            raise TimeoutError("server did not start")
+        yield base, proc.pid
+    finally:
+        proc.terminate()
         try:
-            if httpx.get(f"{base}/api/v1/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(proc.stdout.read().decode() if proc.stdout else "server died")
-        time.sleep(0.3)
-    else:
-        proc.kill()
-        raise TimeoutError("server did not start")
-    yield base
-    proc.terminate()
-    proc.wait(timeout=20)
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -72,8 +72,9 @@ def test_search_before_indexing_is_a_clear_error(runner):
     ("args", "message"),
     [
         (["search"], "either a text query or --image"),
-        (["search", "x", "--mode", "image2image"], "needs --image"),
-        (["search", "--image", "q.jpg", "--mode", "text2text"], "needs a text query"),
+        (["search", "x", "--mode", "image2image"], "takes an image"),
+        (["search", "--image", "q.jpg", "--mode", "text2text"], "takes a text query"),
+        (["search", "x", "-k", "0"], "k must be between 1 and 1000"),
         (["index", "/no/such/folder"], "no such file"),
     ],
 )

@@ -349,7 +349,7 @@ def indexed(
 
 
 def _source(path: Path) -> Any:
-    from mmsearch.ingest import SourceItem
+    from mmsearch.sources import SourceItem
 
     return SourceItem(path=path, label=path.parent.name)
 

@@ -61,3 +61,9 @@ def test_bad_values_are_rejected(monkeypatch, tmp_path):
     monkeypatch.setenv("MMSEARCH_BATCH_SIZE", "0")
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_the_embedded_scheme_is_spelt_alike_in_config_and_in_the_server_module():
+    from mmsearch import config, embedded
+
+    assert config.EMBEDDED_SCHEME == embedded.SCHEME

@@ -6,17 +6,20 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 
 from mmsearch import MMSearch, Settings, embedded
 
-from .conftest import LION, REVERSE_CSV
+from .conftest import LION, REVERSE_CSV, serving
 
 pytestmark = pytest.mark.skipif(
     not embedded.available(), reason="the milvus package (Linux x86_64) is not installed"
@@ -128,26 +131,80 @@ def test_idle_server_stops_unless_a_process_holds_it(tmp_path, cache_dir):
 
 
 def test_a_killed_server_is_replaced_on_next_use(tmp_path, cache_dir):
-    """After a crash (or reboot) the stale state file must not block the next command."""
+    """After a crash (or reboot) the stale state file must not block the next command. A
+    killed supervisor takes its Milvus with it: a Milvus left running on the folder's data
+    would be corrupted by the next one."""
     base = tmp_path / "crash"
     with _own_server(base, cache_dir) as (info, _):
         os.kill(info.supervisor_pid, signal.SIGKILL)
-        os.kill(info.milvus_pid, signal.SIGKILL)
         assert _wait_gone(info.milvus_pid, 10)
         assert embedded.status(base) is None
         fresh, started = embedded.ensure_server(base, idle_timeout=0, bin_cache=cache_dir)
         assert started and fresh.milvus_pid != info.milvus_pid
 
 
-def test_second_data_folder_is_refused_at_once_with_the_reason(tmp_path, cache_dir):
-    with _own_server(tmp_path / "first", cache_dir):
+def test_a_leftover_milvus_on_the_folder_is_named_at_once(tmp_path, cache_dir):
+    """Each folder has its own server now (see test_embedded_security); what can still
+    block a start is a Milvus left running on the same data (by an older mmsearch): the
+    error names it, instead of a second Milvus corrupting the data or a long timeout."""
+    base = tmp_path / "taken"
+    base.mkdir()
+    fake = str(base / "bin" / "milvus")
+    leftover = subprocess.Popen(  # looks like `milvus run standalone` running in base
+        [fake, "-c", "import time; time.sleep(60)", "run", "standalone"],
+        executable=sys.executable,
+        cwd=base,
+    )
+    try:
+        while not Path(f"/proc/{leftover.pid}/cmdline").read_bytes().startswith(fake.encode()):
+            time.sleep(0.01)  # until it has exec'd
         started = time.monotonic()
-        with pytest.raises(embedded.EmbeddedServerError, match="one embedded server"):
-            embedded.ensure_server(tmp_path / "second", idle_timeout=0, bin_cache=cache_dir)
+        with pytest.raises(embedded.EmbeddedServerError, match=f"process {leftover.pid}"):
+            embedded.ensure_server(base, idle_timeout=0, bin_cache=cache_dir)
         assert time.monotonic() - started < 5
+    finally:
+        leftover.kill()
+        leftover.wait()
+        embedded.stop_server(base)
 
 
 def test_server_commands_refuse_other_uris(tmp_path, cache_dir):
     env = _env(cache_dir, MMSEARCH_URI=str(tmp_path / "x.db"))
     out = _cli(tmp_path, env, "server", "status")
     assert out.returncode == 1 and "not an embedded:DIR URI" in " ".join(out.stderr.split())
+
+
+def test_after_kill_9_no_command_sees_fewer_rows_and_nothing_is_embedded_twice(tmp_path, cache_dir):
+    """Issue 10: after the Milvus process was killed, `mmsearch stats` said 0 for 10-20 s and
+    an index run embedded 64 of 100 images again; `serve` answered 500 until someone else
+    restarted the server. Rows here are not flushed, so the restart must replay them."""
+    from mmsearch.demo import sample_photos
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for item in sample_photos()[:6]:
+        shutil.copy(item.path, photos / item.path.name)
+    base = tmp_path / "store"
+    env = _env(cache_dir, MMSEARCH_URI=f"embedded:{base}")
+    try:
+        first = _cli(tmp_path, env, "index", str(photos), "--json")
+        assert first.returncode == 0 and json.loads(first.stdout)["indexed"] == 6, first.stderr
+        with serving(env, tmp_path) as (url, _):
+            assert httpx.get(f"{url}/api/v1/stats", timeout=60).json()["count"] == 6
+            info = embedded.status(base)
+            os.kill(info.milvus_pid, signal.SIGKILL)
+            with ThreadPoolExecutor(2) as pool:
+                stats = pool.submit(_cli, tmp_path, env, "stats", "--json")
+                again = pool.submit(_cli, tmp_path, env, "index", str(photos), "--json")
+                stats, again = stats.result(), again.result()
+            assert stats.returncode == 0, stats.stderr
+            assert json.loads(stats.stdout)["count"] == 6
+            assert again.returncode == 0, again.stderr
+            report = json.loads(again.stdout)
+            assert (report["indexed"], report["unchanged"]) == (0, 6)
+            # The running server reconnects by itself: no 500, the full count.
+            res = httpx.get(f"{url}/api/v1/stats", timeout=60)
+            assert res.status_code == 200 and res.json()["count"] == 6
+        assert embedded.status(base).restarts == 1
+    finally:
+        embedded.stop_server(base)

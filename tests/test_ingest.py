@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mmsearch import MMSearch, Mode
-from mmsearch.ingest import SourceError, item_id, iter_csv, iter_folder
+from mmsearch.sources import SourceError, item_id, iter_csv, iter_folder
 
 from .conftest import REVERSE, REVERSE_CSV
 

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from mmsearch import MMSearch, Mode, Settings
-from mmsearch.ingest import item_id
+from mmsearch.sources import item_id
 
 from .conftest import DATASETS, LION
 

@@ -7,10 +7,7 @@ request, and how much memory parallel hostile images cost the server process.
 from __future__ import annotations
 
 import io
-import os
 import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +19,7 @@ from PIL import Image
 from mmsearch import MMSearch, Settings
 from mmsearch.demo import sample_photos
 
-from .conftest import _free_port
+from .conftest import serving
 
 TOKEN = "write-token-for-tests"
 CHUNK = 65536
@@ -38,43 +35,15 @@ def served(tmp_path_factory, cache_dir):
     uri = str(root / "served.db")
     with MMSearch(settings=Settings(uri=uri, cache_dir=cache_dir)) as mm:
         assert mm.index(sample_photos()[:2]).indexed == 2
-    port = _free_port()
     env = {
-        **os.environ,
         "MMSEARCH_URI": uri,
         "MMSEARCH_CACHE_DIR": str(cache_dir),
         "MMSEARCH_API_TOKEN": TOKEN,
         "MMSEARCH_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
         "MMSEARCH_UPLOAD_DIR": str(root / "uploads"),
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mmsearch.cli", "serve", "--port", str(port)],
-        env=env,
-        cwd=root,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(url, proc)
-        yield url, proc.pid
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/api/v1/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError("server did not start")
+    with serving(env, root) as served:
+        yield served
 
 
 def _stream_post(url: str, path: str, total_chunks: int, headers: str = "") -> tuple[int, int]:

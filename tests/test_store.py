@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 
 from mmsearch import Settings
+from mmsearch.schema import SCHEMA_VERSION
 from mmsearch.store import (
     FEATURE_FIELD,
     IMAGE_FIELD,
     TEXT_FIELD,
     Item,
+    KnownFile,
     ProviderMismatchError,
     Row,
     Store,
@@ -66,7 +68,15 @@ def test_upsert_replaces_by_id(store):
     assert store.upsert([_row(i) for i in range(5)]) == 5
     store.upsert([_row(1), _row(2)])
     assert store.count() == 5
-    assert store.content_hashes(["id1", "id9"]) == {"id1": "h1"}
+    assert store.known_files(["id1", "id9"]) == {"id1": KnownFile("h1", 0, 0)}
+
+
+def test_one_id_twice_in_a_write_is_one_row(store):
+    """Milvus 2.3 stored both rows of a batch naming one id twice (432 rows for 401 ids)."""
+    assert store.upsert([_row(1), _row(2), _row(1), _row(1)]) == 2
+    assert store.count() == 2
+    hits = store.search(_row(1).image_embedding, field=IMAGE_FIELD, k=10)[0]
+    assert sorted(h.id for h in hits) == ["id1", "id2"]
 
 
 def test_long_descriptions_are_cut_not_rejected(store):
@@ -176,3 +186,42 @@ def test_other_index_types_and_metrics(tmp_path, index_type, metric):
         s.upsert(rows)
         hits = s.search(rows[7].image_embedding, field=IMAGE_FIELD, k=2)[0]
         assert hits[0].id == "id7"
+
+
+def test_a_collection_of_the_first_layout_migrates_and_keeps_every_row(where):
+    """A collection written by schema version 1 (the last release) opens, is copied into the
+    current layout with the new fields at their defaults, and keeps ids, facts and vectors."""
+    settings = Settings(**where)
+    with Store(settings, schema_version=1) as old:
+        old.open(embedder="fake", dim=8, feature_dim=4)
+        old.upsert([_row(i) for i in range(30)])
+        before = {r["id"]: r for r in old.get([f"id{i}" for i in range(30)], with_vectors=True)}
+    with Store(settings) as store:
+        meta = store.open(embedder="fake", dim=8, feature_dim=4)
+        assert meta["schema_version"] == SCHEMA_VERSION
+        assert store.count() == 30
+        after = {r["id"]: r for r in store.get(list(before), with_vectors=True)}
+        assert after.keys() == before.keys()
+        for id_, old_row in before.items():
+            new_row = after[id_]
+            assert new_row["file_size"] == 0 and new_row["mtime_ns"] == 0
+            for key, value in old_row.items():
+                if key in (IMAGE_FIELD, TEXT_FIELD, FEATURE_FIELD):
+                    np.testing.assert_allclose(new_row[key], value, rtol=1e-6)
+                else:
+                    assert new_row[key] == value, key
+        assert store.search(_row(3).image_embedding, field=IMAGE_FIELD, k=1)[0][0].id == "id3"
+        store.drop()
+
+
+def test_an_interrupted_migration_is_finished_on_next_open(where):
+    """A crash between dropping the old collection and renaming the copy loses nothing."""
+    settings = Settings(**where)
+    with Store(settings) as store:
+        store.open(embedder="fake", dim=8, feature_dim=4)
+        store.upsert([_row(i) for i in range(3)])
+        store.rename(store._migrating())  # what the crash leaves: only the finished copy
+    with Store(settings) as store:
+        assert store.open(embedder="fake", dim=8, feature_dim=4, create=False)
+        assert store.count() == 3
+        store.drop()

@@ -35,9 +35,10 @@ from mmsearch.config import Metric, Settings
 from mmsearch.engine import MMSearch
 from mmsearch.guard import COOKIE, COOKIE_DAYS, Access, Guard, is_loopback
 from mmsearch.images import ImageError, decode_image, media_type, read_indexed
-from mmsearch.ingest import IngestReport, SourceError
+from mmsearch.ingest import IngestReport
 from mmsearch.providers import ProviderError
-from mmsearch.search import MAX_K, Mode, QueryError
+from mmsearch.search import MAX_K, Mode, QueryError, check_query
+from mmsearch.sources import SourceError
 from mmsearch.store import Hit, InvalidFilterError, Item, StoreError
 
 log = logging.getLogger(__name__)
@@ -349,8 +350,7 @@ def _add_search_routes(app: FastAPI, settings: Settings) -> None:
         """Search by text: ``text2image`` (images) or ``text2text`` (descriptions)."""
         if mode.takes_image:
             raise HTTPException(400, f"mode {mode.value} takes an image: POST {API}/search/image")
-        if not q.strip():
-            raise HTTPException(400, "the text query is empty")
+        check_query(q, mode, k)
         started = time.perf_counter()
         hits = svc.search(q, mode, k, min_score, label)
         return _search_out(mode, q, k, started, hits)
@@ -376,6 +376,7 @@ def _add_search_routes(app: FastAPI, settings: Settings) -> None:
             raise HTTPException(400, f"mode {mode.value} takes text: GET {API}/search?q=...")
         data = await _read_upload(file, svc.settings.max_upload_bytes)
         image = await _in_thread(lambda: svc.decode(data, query=True))
+        check_query(image, mode, k)
         started = time.perf_counter()
         hits = await _in_thread(svc.search, image, mode, k, min_score, label)
         return _search_out(mode, file.filename or "upload", k, started, hits)
@@ -519,7 +520,7 @@ async def _in_thread(fn: Any, *args: Any) -> Any:
 
 def _index_uploads(svc: Service, uploads: list[bytes]) -> IngestReport:
     """Save and index uploaded images; a file that fails to index is not kept."""
-    from mmsearch.ingest import SourceItem
+    from mmsearch.sources import SourceItem
 
     upload_dir = svc.settings.upload_dir.resolve()
     saved = [_save_upload(upload_dir, data) for data in uploads]

@@ -20,9 +20,10 @@ from rich.table import Table
 from mmsearch import demo as demo_module
 from mmsearch.config import IndexType, Language, Metric, Settings, load_settings
 from mmsearch.engine import MMSearch
-from mmsearch.ingest import IngestReport, SourceError, SourceItem
+from mmsearch.ingest import IngestReport
 from mmsearch.providers import ProviderError
-from mmsearch.search import Mode, QueryError
+from mmsearch.search import Mode, QueryError, check_query
+from mmsearch.sources import SourceError, SourceItem
 from mmsearch.store import Hit, StoreError
 
 app = typer.Typer(
@@ -187,15 +188,14 @@ def search(
     if (query is None) == (image is None):
         _fail(QueryError("give either a text query or --image FILE"))
         return
-    if mode is None:
-        mode = Mode.image2image if image is not None else Mode.text2image
-    if mode.takes_image != (image is not None):
-        need = "--image FILE" if mode.takes_image else "a text query"
-        _fail(QueryError(f"mode {mode.value} needs {need}"))
-        return
+    given = image if image is not None else query
     try:
+        mode = check_query(given, mode, k)
         with MMSearch(settings=_settings()) as mm:
-            hits = mm.search(image if image is not None else query, mode=mode, k=k, filter=filter)
+            hits = mm.search(given, mode=mode, k=k, filter=filter)
+    except QueryError as exc:
+        _fail(QueryError(f"{exc} (a text is the QUERY argument, an image --image FILE)"))
+        return
     except _USER_ERRORS as exc:
         _fail(exc)
         return
@@ -295,17 +295,19 @@ def server_status(
     from mmsearch import embedded
 
     base = _embedded_dir()
-    info = embedded.status(base)
+    info = embedded.read_state(base)
+    ready = embedded.status(base) is not None
     if as_json:
         print(json.dumps(asdict(info) | {"uri": info.uri} if info else {"base_dir": str(base)}))
     elif info:
         console.print(
-            f"running: {info.uri} · data {info.base_dir} · pid {info.milvus_pid} "
-            f"(supervisor {info.supervisor_pid})"
+            f"{'running' if ready else info.state}: {info.uri} · data {info.base_dir} · "
+            f"pid {info.milvus_pid} (supervisor {info.supervisor_pid}) · "
+            f"network isolation: {info.isolation}"
         )
     else:
         console.print(f"not running ({base})")
-    if info is None:
+    if not ready:
         raise typer.Exit(3)
 
 
@@ -317,7 +319,10 @@ def server_start() -> None:
 
     base = _embedded_dir()
     try:
-        info, started = embedded.ensure_server(base, idle_timeout=_settings().embedded_idle_timeout)
+        settings = _settings()
+        info, started = embedded.ensure_server(
+            base, idle_timeout=settings.embedded_idle_timeout, bin_cache=settings.cache_dir
+        )
     except embedded.EmbeddedServerError as exc:
         _fail(exc)
         return
@@ -443,38 +448,53 @@ def eval_command(
         with _scratch_uri("eval") as overrides:
             base = _settings(**overrides)
             if data is not None:
-                with MMSearch(settings=base) as mm:
-                    items = ev.list_items(data)
-                    report = _run_index(mm, items, None, quiet=as_json)
-                    ingest[str(data)] = report.as_dict()
-                    query_items = ev.list_items(queries) if queries else None
-                    scores += ev.evaluate_labels(mm, items, query_items, k=k)
+                scores += _eval_labels(base, data, queries, k, ingest, quiet=as_json)
             if captions is not None:
-                # A collection of its own: the captioned images are the whole search space.
-                cap_settings = base.model_copy(update={"collection": f"{base.collection}_captions"})
-                with MMSearch(settings=cap_settings) as mm:
-                    rows = ev.read_captions(captions)
-                    folder = images or captions.parent / "images"
-                    items = [SourceItem(folder / name) for name in sorted({r[0] for r in rows})]
-                    report = _run_index(mm, items, None, quiet=as_json)
-                    ingest[str(captions)] = report.as_dict()
-                    scores += ev.evaluate_captions(mm, rows, folder, k=k)
+                scores += _eval_captions(base, captions, images, k, ingest, quiet=as_json)
     except (*_USER_ERRORS, ValueError) as exc:
         _fail(exc)
         return
     if as_json:
         out = {"scores": [s.as_dict() for s in scores], "ingest": ingest}
         print(json.dumps(out, ensure_ascii=False, indent=2))
-        return
+    else:
+        _print_scores(scores, ingest)
+
+
+def _eval_labels(
+    settings: Settings, data: Path, queries: Path | None, k: int, ingest: dict, *, quiet: bool
+) -> list[Any]:
+    from mmsearch import eval as ev
+
+    with MMSearch(settings=settings) as mm:
+        items = ev.list_items(data)
+        ingest[str(data)] = _run_index(mm, items, None, quiet=quiet).as_dict()
+        query_items = ev.list_items(queries) if queries else None
+        return ev.evaluate_labels(mm, items, query_items, k=k)
+
+
+def _eval_captions(
+    settings: Settings, captions: Path, images: Path | None, k: int, ingest: dict, *, quiet: bool
+) -> list[Any]:
+    """In a collection of its own: the captioned images are the whole search space."""
+    from mmsearch import eval as ev
+
+    own = settings.model_copy(update={"collection": f"{settings.collection}_captions"})
+    with MMSearch(settings=own) as mm:
+        rows = ev.read_captions(captions)
+        folder = images or captions.parent / "images"
+        items = [SourceItem(folder / name) for name in sorted({r[0] for r in rows})]
+        ingest[str(captions)] = _run_index(mm, items, None, quiet=quiet).as_dict()
+        return ev.evaluate_captions(mm, rows, folder, k=k)
+
+
+def _print_scores(scores: list[Any], ingest: dict[str, Any]) -> None:
+    from mmsearch import eval as ev
+
     table = Table("mode", "queries", "n", *[f"R@{x}" for x in ev.KS], "MRR")
     for sc in scores:
-        table.add_row(
-            sc.mode,
-            sc.queries,
-            str(sc.n),
-            *[f"{sc.recall.get(x, 0):.3f}" for x in ev.KS],
-            f"{sc.mrr:.3f}",
-        )
+        recalls = [f"{sc.recall.get(x, 0):.3f}" for x in ev.KS]
+        table.add_row(sc.mode, sc.queries, str(sc.n), *recalls, f"{sc.mrr:.3f}")
     console.print(table)
     for source, rep in ingest.items():
         console.print(

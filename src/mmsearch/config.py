@@ -8,6 +8,7 @@ the environment itself, so a test or a notebook can build one and know exactly w
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from enum import StrEnum
 from pathlib import Path
@@ -21,8 +22,6 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
-
-from mmsearch import embedded
 
 
 class IndexType(StrEnum):
@@ -61,14 +60,25 @@ DEFAULT_SEARCH_PARAMS: dict[IndexType, dict[str, Any]] = {
 }
 
 
+#: URIs of the Milvus server that mmsearch starts itself: ``embedded.SCHEME``, spelt out
+#: here because config imports nothing from the server's module (a test checks they agree).
+EMBEDDED_SCHEME = "embedded:"
+
+
+def milvus_server_installed() -> bool:
+    """Whether the ``milvus`` package (the Milvus 2.3 server; Linux x86_64 wheels only) is
+    installed, which the ``embedded:`` store needs."""
+    return importlib.util.find_spec("milvus") is not None
+
+
 def default_uri() -> str:
     """The embedded Milvus server where its wheel is installed (Linux x86_64), else Lite.
 
     Measured at 100k items (bench/README.md): the server answers a query in 4-5 ms, Milvus
     Lite in ~100 ms whatever the index, because Lite loops over every row in Python.
     """
-    if embedded.available():
-        return f"{embedded.SCHEME}./mmsearch-milvus"
+    if milvus_server_installed():
+        return f"{EMBEDDED_SCHEME}./mmsearch-milvus"
     return "./mmsearch.db"
 
 
@@ -237,13 +247,13 @@ class Settings(BaseSettings):
     def is_lite(self) -> bool:
         """True when ``uri`` names a local Milvus Lite file rather than a server."""
         return not self.uri.startswith(
-            ("http://", "https://", "tcp://", "grpc://", "unix:", embedded.SCHEME)
+            ("http://", "https://", "tcp://", "grpc://", "unix:", EMBEDDED_SCHEME)
         )
 
     @property
     def is_embedded(self) -> bool:
         """True when ``uri`` is ``embedded:DIR``: a Milvus server that mmsearch runs in DIR."""
-        return self.uri.startswith(embedded.SCHEME)
+        return self.uri.startswith(EMBEDDED_SCHEME)
 
     @classmethod
     def settings_customise_sources(

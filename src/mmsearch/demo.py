@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mmsearch.ingest import SourceItem, iter_source
+from mmsearch.sources import SourceItem, iter_source
 
 #: The photographs among scikit-image's bundled sample images (its README credits each).
 SAMPLE_PHOTOS = (

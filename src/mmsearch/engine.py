@@ -18,9 +18,10 @@ from typing import Any
 from PIL import Image
 
 from mmsearch.config import Settings, load_settings
-from mmsearch.ingest import Ingestor, IngestReport, ProgressCallback, SourceItem
+from mmsearch.ingest import Ingestor, IngestReport, ProgressCallback
 from mmsearch.providers import Describer, Embedder, get_describer, get_embedder
 from mmsearch.search import Mode, Searcher
+from mmsearch.sources import SourceItem
 from mmsearch.store import Hit, Item, Store
 
 
@@ -97,8 +98,6 @@ class MMSearch:
         filter: str = "",
     ) -> list[Hit]:
         """Search; the mode defaults to text2image for text and image2image for images."""
-        if mode is None:
-            mode = Mode.text2image if isinstance(query, str) else Mode.image2image
         return self.searcher.search(query, mode=mode, k=k, filter=filter)
 
     def more_like_this(self, item_id: str, *, k: int = 10) -> list[Hit]:

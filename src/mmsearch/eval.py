@@ -25,8 +25,8 @@ from pathlib import Path
 
 from mmsearch.engine import MMSearch
 from mmsearch.images import ImageError, load_image
-from mmsearch.ingest import SourceItem, iter_source
 from mmsearch.search import Mode
+from mmsearch.sources import SourceItem, iter_source
 
 KS = (1, 5, 10)
 
@@ -126,7 +126,7 @@ def evaluate_labels(
     mm: MMSearch, index_items: list[SourceItem], query_items: list[SourceItem] | None, k: int = 10
 ) -> list[Score]:
     """Scores for a labelled collection already indexed in ``mm``."""
-    from mmsearch.ingest import item_id
+    from mmsearch.sources import item_id
 
     by_label: dict[str, set[str]] = defaultdict(set)
     for it in index_items:
@@ -179,7 +179,7 @@ def evaluate_captions(
     mm: MMSearch, captions: list[tuple[str, str, str]], images_dir: Path, k: int = 10
 ) -> list[Score]:
     """Caption -> its image, per query group, for text2image and text2text."""
-    from mmsearch.ingest import item_id
+    from mmsearch.sources import item_id
 
     by_group: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for image, group, caption in captions:

@@ -58,6 +58,8 @@ class LoadedImage:
     width: int
     height: int
     image: Image.Image
+    file_size: int = 0
+    mtime_ns: int = 0
 
 
 def hash_bytes(data: bytes) -> str:

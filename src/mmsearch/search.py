@@ -45,6 +45,33 @@ class QueryError(ValueError):
 MAX_K = 1000
 
 
+def check_query(query: object, mode: Mode | str | None, k: int, *, paths: bool = False) -> Mode:
+    """The mode to run ``query`` in, or a ``QueryError`` that says what is wrong.
+
+    The one place for the checks the CLI, the HTTP API and the Python API share. Without a
+    mode, a text runs text2image and an image image2image. ``paths`` lets a string name an
+    image file for the image modes (the Python API); the HTTP API never opens a path a
+    client sent, and the CLI passes image paths as ``Path``.
+    """
+    try:
+        mode = Mode(mode) if mode is not None else None
+    except ValueError:
+        raise QueryError(f"unknown mode {mode!r}; modes: {', '.join(Mode)}") from None
+    if mode is None:
+        mode = Mode.text2image if isinstance(query, str) else Mode.image2image
+    if not 1 <= k <= MAX_K:
+        raise QueryError(f"k must be between 1 and {MAX_K}, got {k}")
+    if mode.takes_image:
+        images = (Image.Image, Path, str) if paths else (Image.Image, Path)
+        if not isinstance(query, images):
+            raise QueryError(f"mode {mode.value} takes an image, not a text")
+    elif not isinstance(query, str):
+        raise QueryError(f"mode {mode.value} takes a text query, not an image")
+    elif not query.strip():
+        raise QueryError("the text query is empty")
+    return mode
+
+
 class Searcher:
     """Runs queries against one collection with the embedder that built it."""
 
@@ -63,19 +90,18 @@ class Searcher:
         self,
         query: str | Path | Image.Image,
         *,
-        mode: Mode | str,
+        mode: Mode | str | None = None,
         k: int = 10,
         filter: str = "",
     ) -> list[Hit]:
-        """One query. ``query`` is a text for text modes, an image or its path for image modes."""
-        mode = Mode(mode)
-        if not 1 <= k <= MAX_K:
-            raise QueryError(f"k must be between 1 and {MAX_K}, got {k}")
+        """One query: a text for the text modes, an image or its path for the image modes
+        (the mode defaults to text2image for a text, image2image for an image)."""
+        mode = check_query(query, mode, k, paths=True)
         if mode.takes_image:
+            assert not isinstance(query, str) or query  # a path, by check_query
             image = self._as_image(query)
             return self.search_image(image, mode=mode, k=k, filter=filter)
-        if not isinstance(query, str):
-            raise QueryError(f"mode {mode.value} takes a text query")
+        assert isinstance(query, str)
         return self.search_text(query, mode=mode, k=k, filter=filter)
 
     def search_text(self, text: str, *, mode: Mode, k: int, filter: str = "") -> list[Hit]:

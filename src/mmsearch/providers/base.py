@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 from PIL import Image
@@ -52,6 +52,40 @@ class ImageVectors:
     features: np.ndarray | None = None
 
 
+T = TypeVar("T")
+
+
+@dataclass
+class ImageBatch:
+    """Decoded images on their way through the providers, with what one provider computed
+    from them that another can reuse: the offline classifier's output (its describer needs
+    the same classification its embedder made), the images encoded for an API (embedding
+    and describing send the same JPEG). It travels with the batch, so nothing is found
+    again in a cache keyed by object identity, and nothing outlives the batch.
+    """
+
+    images: list[Image.Image]
+    derived: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def reuse(self, key: str, compute: Callable[[list[Image.Image]], T]) -> T:
+        """``compute(images)``, computed once per batch under ``key`` (a name of the
+        provider module's own, e.g. ``"offline.classified"``)."""
+        if key not in self.derived:
+            self.derived[key] = compute(self.images)
+        return self.derived[key]
+
+
+def as_batch(images: ImageBatch | Sequence[Image.Image]) -> ImageBatch:
+    """The images as an ``ImageBatch`` (a plain list of images is a batch of its own)."""
+    return images if isinstance(images, ImageBatch) else ImageBatch(list(images))
+
+
+Images = ImageBatch | Sequence[Image.Image]
+
+
 @runtime_checkable
 class Embedder(Protocol):
     """Images and texts into one space; rows are L2-normalised float32."""
@@ -60,7 +94,7 @@ class Embedder(Protocol):
     dim: int
     feature_dim: int  # 0 when the embedder has no separate image->image features
 
-    def embed_images(self, images: Sequence[Image.Image]) -> ImageVectors: ...
+    def embed_images(self, images: Images) -> ImageVectors: ...
 
     def embed_texts(self, texts: Sequence[str], *, query: bool) -> np.ndarray:
         """``query`` marks search queries, for models that embed queries and documents apart."""
@@ -108,7 +142,7 @@ class Describer(Protocol):
 
     name: str
 
-    def describe(self, images: Sequence[Image.Image]) -> list[Description]: ...
+    def describe(self, images: Images) -> list[Description]: ...
 
 
 EmbedderFactory = Callable[["Settings"], Embedder]

@@ -46,8 +46,10 @@ from PIL import Image
 from mmsearch.config import Settings
 from mmsearch.providers.base import (
     FatalProviderError,
+    Images,
     ImageVectors,
     ProviderError,
+    as_batch,
     l2_normalize,
     register_embedder,
 )
@@ -661,8 +663,8 @@ class ClipEmbedder:
             )
         return backend
 
-    def embed_images(self, images: Sequence[Image.Image]) -> ImageVectors:
-        rgb = [im if im.mode == "RGB" else im.convert("RGB") for im in images]
+    def embed_images(self, images: Images) -> ImageVectors:
+        rgb = [im if im.mode == "RGB" else im.convert("RGB") for im in as_batch(images).images]
         return ImageVectors(shared=self._run(rgb, _encode_images), features=None)
 
     def embed_texts(self, texts: Sequence[str], *, query: bool) -> np.ndarray:

@@ -26,13 +26,13 @@ import dashscope  # imported here so that a missing package gets the registry's 
 import numpy as np
 import requests
 import urllib3.exceptions  # a dependency of requests
-from PIL import Image
 
 from mmsearch.config import Language, Settings
 from mmsearch.providers.answers import describe_prompt, parse_description
 from mmsearch.providers.base import (
     Description,
     FatalProviderError,
+    Images,
     ImageVectors,
     ProviderError,
     l2_normalize,
@@ -40,7 +40,7 @@ from mmsearch.providers.base import (
     register_embedder,
 )
 from mmsearch.providers.client import RemoteClient
-from mmsearch.providers.encoding import image_data_uri, uri_key
+from mmsearch.providers.encoding import batch_data_uris, uri_key
 from mmsearch.providers.errors import TransportErrors
 
 log = logging.getLogger(__name__)
@@ -212,8 +212,8 @@ class DashScopeEmbedder:
             )
         return vector
 
-    def embed_images(self, images: Sequence[Image.Image]) -> ImageVectors:
-        uris = [image_data_uri(image) for image in images]
+    def embed_images(self, images: Images) -> ImageVectors:
+        uris = batch_data_uris(images)
         keys = [("image", self.model, uri_key(u)) for u in uris]
         vectors = self.client.caller.map_cached(lambda u: self._embed({"image": u}), uris, keys)
         return ImageVectors(shared=self._stack(vectors), features=None)
@@ -267,8 +267,8 @@ class DashScopeDescriber:
         )
         return parse_description(answer_text(response.output))
 
-    def describe(self, images: Sequence[Image.Image]) -> list[Description]:
-        uris = [image_data_uri(image) for image in images]
+    def describe(self, images: Images) -> list[Description]:
+        uris = batch_data_uris(images)
         keys = [("describe", self.model, self.prompt, uri_key(u)) for u in uris]
         return self.client.caller.map_cached(self._describe, uris, keys)
 

@@ -14,7 +14,7 @@ import math
 
 from PIL import Image
 
-from mmsearch.providers.base import ProviderError
+from mmsearch.providers.base import Images, ProviderError, as_batch
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,8 @@ JPEG_QUALITY = 90
 MIN_JPEG_QUALITY = 60
 #: Smallest side an image is downscaled to before giving up.
 MIN_SIDE = 16
+#: Where a batch keeps its images' data URIs: embedding and describing send the same JPEG.
+DATA_URIS = "remote.data_uris"
 
 
 def _encode_jpeg(image: Image.Image, quality: int) -> bytes:
@@ -66,3 +68,8 @@ def image_data_uri(image: Image.Image, max_bytes: int = MAX_IMAGE_BYTES) -> str:
 def uri_key(uri: str) -> str:
     """A cache key for an encoded image: its digest, not the megabytes of the URI."""
     return hashlib.blake2b(uri.encode("ascii"), digest_size=16).hexdigest()
+
+
+def batch_data_uris(images: Images) -> list[str]:
+    """The images as data URIs, encoded once per batch whoever asks first."""
+    return as_batch(images).reuse(DATA_URIS, lambda ims: [image_data_uri(im) for im in ims])

@@ -48,7 +48,9 @@ from PIL import Image
 from mmsearch.config import Language, Settings
 from mmsearch.providers.base import (
     Description,
+    Images,
     ImageVectors,
+    as_batch,
     l2_normalize,
     register_describer,
     register_embedder,
@@ -85,6 +87,8 @@ QUERY_TEMPLATES: dict[str, tuple[str, ...]] = {
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]")
 #: How many of an image's most likely classes are mixed into its shared-space vector.
 CONSE_TOP_K = 10
+#: Where a batch keeps the classifier's output for the embedder and the describer.
+CLASSIFIED = "offline.classified"
 #: Softmax temperature applied to the classifier's logits before mixing (1 = as trained).
 CONSE_TEMPERATURE = 1.0
 
@@ -215,8 +219,8 @@ def lite_forward(model, x):  # noqa: ANN001, ANN201 - torch types, kept lazy
 class OfflineModels:
     """The classifier and the text model, loaded lazily and shared by embedder and describer.
 
-    One instance per process (see ``shared``): loading costs seconds, and the describer
-    reuses the classifier output the embedder just computed for the same batch instead of
+    One instance per process (see ``shared``): loading costs seconds. The describer reuses
+    the classification the embedder made of the same batch (``CLASSIFIED``) instead of
     running the network twice.
     """
 
@@ -231,8 +235,6 @@ class OfflineModels:
     def __init__(self, cache_dir: Path, device: str = "cpu") -> None:
         self.cache_dir = Path(cache_dir)
         self.device = device
-        self._lock = threading.Lock()
-        self._last: tuple[tuple[int, ...], list[Image.Image], np.ndarray, np.ndarray] | None = None
         self._proto_lock = threading.Lock()
         self._sets: dict[str, np.ndarray] | None = None
 
@@ -320,15 +322,11 @@ class OfflineModels:
     def classify(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
         """Class probabilities (N, 1000) and penultimate features (N, 1280).
 
-        The last batch's result is kept, so that describing the same images right after
-        embedding them (as ingest does) costs nothing more.
+        Ingest runs it once per batch: embedder and describer take it from the batch
+        (``ImageBatch.reuse(CLASSIFIED, ...)``).
         """
         import torch
 
-        key = tuple(id(im) for im in images)
-        with self._lock:
-            if self._last is not None and self._last[0] == key:
-                return self._last[2], self._last[3]
         if not images:
             return (
                 np.zeros((0, NUM_CLASSES), np.float32),
@@ -341,11 +339,7 @@ class OfflineModels:
             logits, pooled = lite_forward(model, torch.from_numpy(batch).to(self.device))
             probs = torch.softmax(logits / CONSE_TEMPERATURE, dim=-1).cpu().numpy()
             penultimate = pooled.cpu().numpy().astype(np.float32)
-        result = probs, penultimate
-        with self._lock:
-            # Holding the images keeps their ids from being reused by other objects.
-            self._last = (key, list(images), *result)
-        return result
+        return probs, penultimate
 
     def image_features(self, probs: np.ndarray, penultimate: np.ndarray) -> np.ndarray:
         """The stored ``image_feature``: [sqrt(w) * probs/|probs|, sqrt(1-w) * projected]."""
@@ -405,8 +399,8 @@ class OfflineEmbedder:
         self.dim = models.dim
         self.feature_dim = models.feature_dim
 
-    def embed_images(self, images: Sequence[Image.Image]) -> ImageVectors:
-        probs, penultimate = self.models.classify(images)
+    def embed_images(self, images: Images) -> ImageVectors:
+        probs, penultimate = as_batch(images).reuse(CLASSIFIED, self.models.classify)
         return ImageVectors(
             shared=self.models.conse(probs),
             features=self.models.image_features(probs, penultimate),
@@ -442,8 +436,8 @@ class OfflineDescriber:
         self.language = language
         self.name = f"offline-template-{language.value}"
 
-    def describe(self, images: Sequence[Image.Image]) -> list[Description]:
-        probs, _ = self.models.classify(images)
+    def describe(self, images: Images) -> list[Description]:
+        probs, _ = as_batch(images).reuse(CLASSIFIED, self.models.classify)
         return [self._describe_one(p) for p in probs]
 
     def _describe_one(self, probs: np.ndarray) -> Description:

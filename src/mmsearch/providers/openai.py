@@ -12,21 +12,20 @@ failures to errors are those of ``RemoteClient``, as for DashScope.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import httpx  # imported here so that a missing package gets the registry's install hint
-from PIL import Image
 
 from mmsearch.config import Language, Settings
 from mmsearch.providers.answers import describe_prompt, parse_description
 from mmsearch.providers.base import (
     Description,
+    Images,
     ProviderError,
     register_describer,
 )
 from mmsearch.providers.client import RemoteClient
-from mmsearch.providers.encoding import image_data_uri, uri_key
+from mmsearch.providers.encoding import batch_data_uris, uri_key
 from mmsearch.providers.errors import TransportErrors, invalid_url_error
 
 SERVICE = "OpenAI-compatible endpoint"
@@ -167,8 +166,8 @@ class OpenAIDescriber:
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
         return content or ""
 
-    def describe(self, images: Sequence[Image.Image]) -> list[Description]:
-        uris = [image_data_uri(image) for image in images]
+    def describe(self, images: Images) -> list[Description]:
+        uris = batch_data_uris(images)
         keys = [("describe", self.model, self.prompt, uri_key(u)) for u in uris]
         return self.client.caller.map_cached(self._describe, uris, keys)
 

@@ -1,0 +1,175 @@
+"""What a stored row is: its fields and their limits, the version of that layout, and what
+each version added.
+
+Versions are additive: version ``n`` has the fields of version ``n - 1`` plus
+``ADDED_FIELDS[n]``, each with the value that rows written before it get. Migrating a
+collection (``Store``) copies every row into a collection of the newest layout, filling the
+added fields with those values, as rclip's ``ensure_version`` steps one version at a time.
+A change that is not an addition adds a step to ``RECORD_STEPS`` as well.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: Bump with an entry in ADDED_FIELDS (and RECORD_STEPS if needed) when the layout changes.
+SCHEMA_VERSION = 2
+
+IMAGE_FIELD = "image_embedding"
+TEXT_FIELD = "text_embedding"
+FEATURE_FIELD = "image_feature"
+VECTOR_FIELDS = (IMAGE_FIELD, TEXT_FIELD, FEATURE_FIELD)
+#: Vector fields that live in side collections on servers that take one vector field each.
+SIDE_FIELDS = (TEXT_FIELD, FEATURE_FIELD)
+
+
+@dataclass(frozen=True)
+class Field:
+    """A scalar field: its Milvus type name, VARCHAR byte limit, and the value for rows
+    written before the field existed."""
+
+    name: str
+    dtype: str  # a pymilvus DataType member name
+    max_length: int = 0
+    default: Any = None
+
+
+BASE_FIELDS = (
+    Field("origin", "VARCHAR", 4096, ""),
+    Field("label", "VARCHAR", 512, ""),
+    Field("image_description", "VARCHAR", 4096, ""),
+    Field("keywords", "VARCHAR", 1024, "[]"),
+    Field("content_hash", "VARCHAR", 64, ""),
+    Field("width", "INT32", default=0),
+    Field("height", "INT32", default=0),
+    Field("indexed_at", "INT64", default=0),
+)
+
+#: Fields each version added. 2: the file's size and modification time, so that indexing a
+#: folder again skips unchanged files from a ``stat`` instead of reading and hashing each.
+ADDED_FIELDS: dict[int, tuple[Field, ...]] = {
+    2: (Field("file_size", "INT64", default=0), Field("mtime_ns", "INT64", default=0)),
+}
+
+#: Record rewrites beyond filling added fields, by the version they lead to.
+RECORD_STEPS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+def scalar_fields(version: int = SCHEMA_VERSION) -> list[Field]:
+    """The scalar fields of a layout version, in creation order (id and vectors aside)."""
+    fields = list(BASE_FIELDS)
+    for v in range(2, version + 1):
+        fields += ADDED_FIELDS.get(v, ())
+    return fields
+
+
+def output_fields(version: int = SCHEMA_VERSION) -> list[str]:
+    """The scalar fields returned with every hit."""
+    return [f.name for f in scalar_fields(version)]
+
+
+def upgrade_record(record: dict[str, Any], from_version: int) -> dict[str, Any]:
+    """A stored record of ``from_version`` as the newest layout stores it."""
+    for version in range(from_version + 1, SCHEMA_VERSION + 1):
+        for f in ADDED_FIELDS.get(version, ()):
+            record.setdefault(f.name, f.default)
+        if version in RECORD_STEPS:
+            record = RECORD_STEPS[version](record)
+    return record
+
+
+@dataclass
+class Item:
+    """One indexed image as stored: the facts, not the vectors."""
+
+    id: str
+    origin: str
+    label: str = ""
+    description: str = ""
+    keywords: list[str] = field(default_factory=list)
+    content_hash: str = ""
+    width: int = 0
+    height: int = 0
+    indexed_at: int = 0
+    file_size: int = 0
+    mtime_ns: int = 0
+
+    @classmethod
+    def from_entity(cls, id_: str, entity: dict[str, Any]) -> Item:
+        raw = entity.get("keywords") or "[]"
+        try:
+            keywords = json.loads(raw)
+        except json.JSONDecodeError:
+            keywords = [raw]
+        return cls(
+            id=id_,
+            origin=entity.get("origin", ""),
+            label=entity.get("label", ""),
+            description=entity.get("image_description", ""),
+            keywords=keywords,
+            content_hash=entity.get("content_hash", ""),
+            width=int(entity.get("width", 0)),
+            height=int(entity.get("height", 0)),
+            indexed_at=int(entity.get("indexed_at", 0)),
+            file_size=int(entity.get("file_size", 0)),
+            mtime_ns=int(entity.get("mtime_ns", 0)),
+        )
+
+
+@dataclass
+class Hit(Item):
+    """A search result: the item and its similarity score (higher is better for COSINE/IP,
+    lower for L2, as Milvus reports it)."""
+
+    score: float = 0.0
+
+
+@dataclass
+class Row:
+    """What ingest writes for one image."""
+
+    item: Item
+    image_embedding: np.ndarray
+    text_embedding: np.ndarray
+    image_feature: np.ndarray | None = None
+
+
+def _limit(name: str) -> int:
+    return next(f.max_length for f in scalar_fields() if f.name == name)
+
+
+def truncate(value: str, limit: int) -> str:
+    """Cut to ``limit`` UTF-8 bytes (Milvus VARCHAR limits are in bytes) on a char boundary."""
+    data = value.encode("utf-8")
+    if len(data) <= limit:
+        return value
+    return data[:limit].decode("utf-8", errors="ignore")
+
+
+def row_record(row: Row) -> dict[str, Any]:
+    """A row as Milvus stores it: text cut to the VARCHAR limits, vectors as float lists."""
+    it = row.item
+    keywords = json.dumps(it.keywords, ensure_ascii=False)
+    record: dict[str, Any] = {
+        "id": it.id,
+        "origin": truncate(it.origin, _limit("origin")),
+        "label": truncate(it.label, _limit("label")),
+        "image_description": truncate(it.description, _limit("image_description")),
+        "keywords": truncate(keywords, _limit("keywords")),
+        "content_hash": it.content_hash,
+        "width": int(it.width),
+        "height": int(it.height),
+        "indexed_at": int(it.indexed_at),
+        "file_size": int(it.file_size),
+        "mtime_ns": int(it.mtime_ns),
+        IMAGE_FIELD: np.asarray(row.image_embedding, np.float32).tolist(),
+        TEXT_FIELD: np.asarray(row.text_embedding, np.float32).tolist(),
+    }
+    if row.image_feature is not None:
+        record[FEATURE_FIELD] = np.asarray(row.image_feature, np.float32).tolist()
+    return record
