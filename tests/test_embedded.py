@@ -54,7 +54,7 @@ def _own_server(base: Path, cache_dir: Path, idle_timeout: float = 0):
 def _wait_gone(pid: int, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if not embedded._pid_alive(pid):
+        if not embedded.pid_alive(pid):
             return True
         time.sleep(0.2)
     return False
@@ -125,7 +125,7 @@ def test_idle_server_stops_unless_a_process_holds_it(tmp_path, cache_dir):
 
         embedded.remove_holder(holder)
         assert _wait_gone(info.supervisor_pid, 4 * embedded.POLL_SECONDS + 20)
-        assert not embedded._pid_alive(info.milvus_pid)
+        assert not embedded.pid_alive(info.milvus_pid)
         assert not (base / embedded.STATE_FILE).exists()
         assert embedded.status(base) is None
 

@@ -23,6 +23,9 @@ from pathlib import Path
 import pytest
 
 from mmsearch import embedded
+from mmsearch.embedded.forwarder import H2Guard, Refused
+from mmsearch.embedded.server import share_binaries
+from mmsearch.embedded.supervisor import TICK
 
 pytestmark = pytest.mark.skipif(
     not embedded.available(), reason="the milvus package (Linux x86_64) is not installed"
@@ -157,7 +160,7 @@ def _refused(port: int) -> bool:
 def _gone(pids: list[int], seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if not any(embedded._pid_alive(pid) for pid in pids):
+        if not any(embedded.pid_alive(pid) for pid in pids):
             return True
         time.sleep(0.1)
     return False
@@ -198,7 +201,7 @@ def _count(client, collection: str, consistency: str = "Strong") -> int:
 def test_only_loopback_is_reachable_and_only_with_the_password(tmp_path, cache_dir, isolation):
     """The attack: every port of Milvus listened on all interfaces, authorization off."""
     base = tmp_path / "private"
-    embedded._share_binaries(base, cache_dir)  # `server start` would unpack 246 MB here
+    share_binaries(base, cache_dir)  # `server start` would unpack 246 MB here
     env = _env(cache_dir, base, isolation)
     try:
         started = _cli(tmp_path, env, "server", "start")
@@ -279,7 +282,7 @@ def test_deleting_the_folder_stops_its_server(tmp_path, cache_dir):
     with _servers(base, cache_dir=cache_dir) as (info,):
         shutil.rmtree(base)
         # The supervisor looks every TICK; Milvus then gets SIGTERM (3 s graceful stop).
-        assert _gone([info.supervisor_pid, info.milvus_pid], 4 * embedded.TICK + 10)
+        assert _gone([info.supervisor_pid, info.milvus_pid], 4 * TICK + 10)
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", info.port), timeout=2).close()
         assert not base.exists()  # not recreated by the supervisor on its way out
@@ -372,36 +375,36 @@ def test_the_forwarder_refuses_sourceid_however_it_is_encoded():
     auth = [("authorization", "cm9vdDp4")]
     member = ("sourceid", "QEBtaWx2dXMtbWVtYmVyQEA=")
     for huffman in (True, False):
-        guard, encoder = embedded._H2Guard(), Encoder()
+        guard, encoder = H2Guard(), Encoder()
         settings = _frame(4, 0, 0, b"")
         clean = guard.PREFACE + settings + _request(encoder, 1, auth, huffman)
         assert guard.feed(clean[:10]) == b""  # incomplete: nothing yet
         assert guard.feed(clean[10:]) == clean  # a clean request passes unchanged
-        with pytest.raises(embedded._Refused):
+        with pytest.raises(Refused):
             guard.feed(_request(encoder, 3, [*auth, member], huffman))
 
     # References to earlier requests' headers are followed (the guard's table is Milvus's);
     # one to an entry the guard never saw is refused, not guessed.
-    guard, encoder = embedded._H2Guard(), Encoder()
+    guard, encoder = H2Guard(), Encoder()
     guard.feed(guard.PREFACE)
     first, second = _request(encoder, 1, auth), _request(encoder, 3, auth)
     assert len(second) < len(first)  # the second refers to the first's entries
     assert guard.feed(first + second) == first + second
     unseen = Encoder()
     unseen.encode([member])  # in this encoder's table only
-    guard = embedded._H2Guard()
+    guard = H2Guard()
     guard.feed(guard.PREFACE)
-    with pytest.raises(embedded._Refused):
+    with pytest.raises(Refused):
         guard.feed(_frame(1, 0x4, 1, unseen.encode([member])))
 
     # Split over HEADERS + CONTINUATION: the first frame is held, not passed on.
-    guard, encoder = embedded._H2Guard(), Encoder()
+    guard, encoder = H2Guard(), Encoder()
     guard.feed(guard.PREFACE)
     block = encoder.encode([(":method", "POST"), *auth, member])
     assert guard.feed(_frame(1, 0, 1, block[:4])) == b""
-    with pytest.raises(embedded._Refused):
+    with pytest.raises(Refused):
         guard.feed(_frame(9, 0x4, 1, block[4:]))
 
     # Not HTTP/2 (the REST API, a probe): refused at the first bytes.
-    with pytest.raises(embedded._Refused):
-        embedded._H2Guard().feed(b"GET /v1/vector/collections HTTP/1.1\r\n\r\n")
+    with pytest.raises(Refused):
+        H2Guard().feed(b"GET /v1/vector/collections HTTP/1.1\r\n\r\n")
