@@ -208,3 +208,40 @@ def test_after_kill_9_no_command_sees_fewer_rows_and_nothing_is_embedded_twice(t
         assert embedded.status(base).restarts == 1
     finally:
         embedded.stop_server(base)
+
+
+def test_milvus_killed_in_the_middle_of_an_index_run(tmp_path, cache_dir):
+    """Issue 10 (low): killing Milvus mid-ingest ended `mmsearch index` in a traceback. The
+    run now waits for the restarted server and finishes, every image indexed once."""
+    from mmsearch.demo import sample_photos
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for item in sample_photos()[:10]:
+        shutil.copy(item.path, photos / item.path.name)
+    base = tmp_path / "store"
+    env = _env(cache_dir, MMSEARCH_URI=f"embedded:{base}", MMSEARCH_BATCH_SIZE="2")
+    try:
+        embedded.ensure_server(base, idle_timeout=0, bin_cache=cache_dir)
+        run = subprocess.Popen(
+            [sys.executable, "-m", "mmsearch.cli", "index", str(photos), "--json"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        settings = Settings(uri=f"embedded:{base}", cache_dir=cache_dir)
+        with MMSearch(settings=settings) as mm:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and not (mm.store.exists() and mm.store.count()):
+                time.sleep(0.2)
+        os.kill(embedded.status(base).milvus_pid, signal.SIGKILL)
+        out, err = run.communicate(timeout=600)
+        assert run.returncode == 0 and "Traceback" not in err, err
+        report = json.loads(out)
+        assert report["indexed"] + report["unchanged"] == 10 and not report["failed"]
+        with MMSearch(settings=settings) as mm:
+            assert mm.store.count() == 10
+    finally:
+        embedded.stop_server(base)

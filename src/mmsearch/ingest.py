@@ -292,8 +292,11 @@ class Ingestor:
                 # Read and decode the next batch while the models work on this one.
                 pending = self._read(pool, batches[index + 1]) if index + 1 < len(batches) else []
                 self._process(current, report)
+                done = min((index + 1) * bs, len(files))
+                total = len(files)
+                log.debug("batch written: %d/%d tried, %d indexed", done, total, report.indexed)
                 if progress:
-                    progress(min((index + 1) * bs, len(files)), len(files))
+                    progress(done, len(files))
         report.seconds = time.perf_counter() - started
         return report
 
