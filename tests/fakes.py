@@ -118,18 +118,54 @@ def _parse_error(message: str) -> MilvusException:
     return MilvusException(code=1100, message=message)
 
 
-_EQUALS = re.compile(r'^\s*(\w+)\s*==\s*"((?:[^"\\]|\\.)*)"\s*$')
+_TOKEN = re.compile(
+    r'\s*(?:(?P<str>"(?:[^"\\]|\\.)*")|(?P<num>-?\d+(?:\.\d+)?(?:e-?\d+)?)'
+    r"|(?P<op>==|!=|>=|<=|>|<|\(|\)|\[|\]|,)|(?P<word>[A-Za-z_][A-Za-z0-9_]*))"
+)
+
+
+def _to_python(filter: str) -> str:
+    """The subset of Milvus's expressions that mmsearch writes, as a Python expression:
+    comparisons, ``in [...]``, ``and``/``or``/``not``, parentheses and, as on Milvus 2.3,
+    ``like`` with a prefix pattern only."""
+    out: list[str] = []
+    pos = 0
+    while pos < len(filter.rstrip()):
+        m = _TOKEN.match(filter, pos)
+        if not m or m.end() == pos:
+            raise _parse_error(f"cannot parse expression: {filter}")
+        pos = m.end()
+        kind, text = m.lastgroup, m.group(m.lastgroup)
+        if kind == "str":
+            if out and out[-1] == "like":
+                out[-1] = _like(text, filter)
+                continue
+            text = repr(re.sub(r"\\(.)", r"\1", text[1:-1]))
+        elif kind == "word" and text in ("true", "false"):
+            text = text.capitalize()
+        elif kind == "word" and text not in ("and", "or", "not", "in", "like"):
+            text = f"row[{text!r}]"
+        out.append(text)
+    return " ".join(out)
+
+
+def _like(pattern: str, filter: str) -> str:
+    body = re.sub(r"\\(.)", r"\1", pattern[1:-1])
+    if "%" in body[:-1]:
+        raise _parse_error(f"cannot parse expression: {filter}, unsupported pattern: {body}")
+    return f".startswith({body.rstrip('%')!r})" if body.endswith("%") else f"== {body!r}"
 
 
 def _matches(filter: str) -> Any:
-    """A predicate for the filters mmsearch builds: empty, or ``field == "literal"``."""
+    """A predicate on a row for a Milvus filter expression."""
     if not filter.strip():
         return lambda row: True
-    m = _EQUALS.match(filter)
-    if not m:
-        raise _parse_error(f"cannot parse expression: {filter}")
-    field, literal = m.group(1), re.sub(r"\\(.)", r"\1", m.group(2))
-    return lambda row: row.get(field) == literal
+    python = _to_python(filter).replace(" .startswith", ".startswith")
+    try:
+        code = compile(python, "<filter>", "eval")
+    except SyntaxError:
+        raise _parse_error(f"cannot parse expression: {filter}") from None
+    return lambda row: bool(eval(code, {"__builtins__": {}}, {"row": row}))
 
 
 class _Collection:

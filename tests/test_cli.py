@@ -43,11 +43,11 @@ def test_index_search_stats_as_json(runner, photos):
 
     res = runner.invoke(app, ["search", "狮子", "--json", "-k", "2"])
     assert res.exit_code == 0, res.output
-    hits = json.loads(res.stdout)
+    hits = json.loads(res.stdout)["hits"]
     assert len(hits) == 2 and hits[0]["label"] == "lion"
 
     res = runner.invoke(app, ["search", "--image", str(LION), "--mode", "image2text", "--json"])
-    assert json.loads(res.stdout)[0]["label"] == "lion"
+    assert json.loads(res.stdout)["hits"][0]["label"] == "lion"
 
     res = runner.invoke(app, ["stats", "--json"])
     stats = json.loads(res.stdout)
@@ -72,6 +72,10 @@ def test_search_before_indexing_is_a_clear_error(runner):
     ("args", "message"),
     [
         (["search"], "either a text query or --image"),
+        (["search", "x", "--image", "q.jpg"], "not both"),
+        (["search", "--after", "July"], "not a date"),
+        (["search", "--near", "48.8,2.3"], "LAT,LON,RADIUS"),
+        (["search", "x", "--orientation", "round"], "orientation must be"),
         (["search", "x", "--mode", "image2image"], "takes an image"),
         (["search", "--image", "q.jpg", "--mode", "text2text"], "takes a text query"),
         (["search", "x", "-k", "0"], "k must be between 1 and 1000"),

@@ -91,7 +91,7 @@ def test_default_store_from_first_index_to_restart(tmp_path, cache_dir):
             assert "lion" in [h.label for h in hits]
         found = _cli(tmp_path, env, "search", "lion", "--json", "-k", "3")
         assert found.returncode == 0, found.stderr
-        assert "lion" in [h["label"] for h in json.loads(found.stdout)]
+        assert "lion" in [h["label"] for h in json.loads(found.stdout)["hits"]]
         assert embedded.status(base).supervisor_pid == info["supervisor_pid"]
 
         stopped = _cli(tmp_path, env, "server", "stop")
@@ -103,7 +103,7 @@ def test_default_store_from_first_index_to_restart(tmp_path, cache_dir):
         # first query does not wait for the cluster clock (Session consistency).
         again = _cli(tmp_path, env, "search", "--image", str(LION), "--json", "-k", "1")
         assert again.returncode == 0, again.stderr
-        first = json.loads(again.stdout)[0]
+        first = json.loads(again.stdout)["hits"][0]
         assert first["label"] == "lion" and first["score"] > 0.99
         stats = json.loads(_cli(tmp_path, env, "stats", "--json").stdout)
         assert stats["count"] == 100 and stats["uri"] == "embedded:./mmsearch-milvus"
@@ -244,4 +244,70 @@ def test_milvus_killed_in_the_middle_of_an_index_run(tmp_path, cache_dir):
         with MMSearch(settings=settings) as mm:
             assert mm.store.count() == 10
     finally:
+        embedded.stop_server(base)
+
+
+def _until(predicate, seconds: float) -> float:
+    """Seconds until ``predicate()`` held (fails after ``seconds``)."""
+    started = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - started < seconds, "not visible in time"
+        time.sleep(0.3)
+    return time.monotonic() - started
+
+
+def test_watch_keeps_a_folder_in_sync_and_catches_up_after_kill_9(tmp_path, cache_dir):
+    """Issue 12: new, changed, renamed and deleted files show in search within 10 s while
+    `mmsearch watch` runs beside the default store; killed and restarted, it catches up
+    and indexes nothing twice."""
+    from mmsearch.demo import sample_photos
+
+    photos = tmp_path / "photos"
+    (photos / "a").mkdir(parents=True)
+    samples = [item.path for item in sample_photos()]
+    for src in samples[:3]:
+        shutil.copy(src, photos / "a" / src.name)
+    base = tmp_path / "store"
+    env = _env(cache_dir, MMSEARCH_URI=f"embedded:{base}")
+    settings = Settings(uri=f"embedded:{base}", cache_dir=cache_dir)
+
+    def names() -> set[str]:
+        with MMSearch(settings=settings) as mm:
+            return (
+                {Path(it.origin).name for it in mm.store.iter_items()}
+                if mm.store.exists()
+                else set()
+            )
+
+    def start() -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mmsearch.cli", "watch", str(photos), "--json"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _until(lambda: len(names()) >= 3, 300)
+        return proc
+
+    try:
+        watcher = start()
+        shutil.copy(samples[3], photos / "a" / samples[3].name)  # added
+        seen = [_until(lambda: samples[3].name in names(), 10)]
+        (photos / "a" / samples[0].name).rename(photos / "renamed.png")  # renamed
+        seen.append(_until(lambda: "renamed.png" in names() and samples[0].name not in names(), 10))
+        (photos / "a" / samples[1].name).unlink()  # deleted
+        seen.append(_until(lambda: samples[1].name not in names(), 10))
+        os.kill(watcher.pid, signal.SIGKILL)
+        watcher.wait()
+        shutil.copy(samples[4], photos / samples[4].name)  # while nobody watches
+        (photos / "a" / samples[2].name).unlink()
+        watcher = start()
+        _until(lambda: names() == {"renamed.png", samples[3].name, samples[4].name}, 60)
+        with MMSearch(settings=settings) as mm:
+            assert mm.store.count() == 3  # exactly one row each
+        assert max(seen) < 10, seen
+    finally:
+        with contextlib.suppress(Exception):
+            watcher.kill()
         embedded.stop_server(base)

@@ -205,6 +205,7 @@ def test_a_collection_of_the_first_layout_migrates_and_keeps_every_row(where):
         for id_, old_row in before.items():
             new_row = after[id_]
             assert new_row["file_size"] == 0 and new_row["mtime_ns"] == 0
+            assert new_row["taken_at"] == 0 and new_row["has_gps"] is False
             for key, value in old_row.items():
                 if key in (IMAGE_FIELD, TEXT_FIELD, FEATURE_FIELD):
                     np.testing.assert_allclose(new_row[key], value, rtol=1e-6)

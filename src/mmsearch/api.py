@@ -19,7 +19,9 @@ import re
 import threading
 import time
 import uuid
-from contextlib import asynccontextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,22 +30,33 @@ from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request,
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import SecretStr
 
 from mmsearch import __version__
+from mmsearch.api_models import (
+    API,
+    FolderIn,
+    HitOut,
+    IndexOut,
+    ItemOut,
+    SearchOut,
+    StatsOut,
+)
 from mmsearch.config import Metric, Settings
 from mmsearch.engine import MMSearch
+from mmsearch.filters import FilterError, Filters
+from mmsearch.filters import as_dict as filters_dict
+from mmsearch.filters import build as build_filters
 from mmsearch.guard import COOKIE, COOKIE_DAYS, Access, Guard, is_loopback
 from mmsearch.images import ImageError, decode_image, media_type, read_indexed
 from mmsearch.ingest import IngestReport
 from mmsearch.providers import ProviderError
-from mmsearch.search import MAX_K, Mode, QueryError, check_query
+from mmsearch.search import MAX_K, Mode, QueryError, Results, check_query
 from mmsearch.sources import SourceError
-from mmsearch.store import Hit, InvalidFilterError, Item, StoreError
+from mmsearch.store import InvalidFilterError, Item, StoreError
 
 log = logging.getLogger(__name__)
 
-API = "/api/v1"
 THUMBNAIL_SIZES = (128, 256, 512)
 MAX_QUERY_CHARS = 1000
 #: Room for multipart boundaries and form fields around an uploaded file.
@@ -54,101 +67,10 @@ SMALL_BODY = 64 * 1024
 ORIGINALS_AT_ONCE = 4
 
 
-# -- response models (the OpenAPI document is the contract) -----------------------------------
-
-
-class ItemOut(BaseModel):
-    id: str
-    label: str
-    description: str
-    keywords: list[str]
-    width: int
-    height: int
-    indexed_at: int
-    filename: str = Field(description="The file's name (its folder is not disclosed).")
-    image_url: str
-    thumbnail_url: str
-
-    @classmethod
-    def of(cls, item: Item) -> ItemOut:
-        return cls(
-            id=item.id,
-            label=item.label,
-            description=item.description,
-            keywords=item.keywords,
-            width=item.width,
-            height=item.height,
-            indexed_at=item.indexed_at,
-            filename=Path(item.origin).name,
-            image_url=f"{API}/items/{item.id}/image",
-            thumbnail_url=f"{API}/items/{item.id}/thumbnail",
-        )
-
-
-class HitOut(ItemOut):
-    score: float
-
-    @classmethod
-    def of(cls, item: Item) -> HitOut:  # type: ignore[override]
-        assert isinstance(item, Hit)
-        return cls(**ItemOut.of(item).model_dump(), score=item.score)
-
-
-class SearchOut(BaseModel):
-    mode: Mode
-    query: str
-    k: int
-    took_ms: float
-    hits: list[HitOut]
-
-
-class StatsOut(BaseModel):
-    count: int
-    collection: str
-    exists: bool
-    embedder: str | None = None
-    describer: str | None = None
-    dim: int | None = None
-    index_type: str | None = None
-    metric: str | None = None
-    indexing_enabled: bool
-    version: str = __version__
-
-
-class IndexOut(BaseModel):
-    total: int
-    indexed: int
-    unchanged: int
-    duplicates: int
-    failed: list[dict[str, str]] = Field(description="File names (not folders) and reasons.")
-    seconds: float
-    images_per_second: float
-    stage_seconds: dict[str, float]
-
-    @classmethod
-    def of(cls, report: IngestReport) -> IndexOut:
-        return cls(**report.as_dict(full_paths=False))
-
-
-class FolderIn(BaseModel):
-    path: str = Field(description="A folder or CSV on the server.")
-    limit: int | None = Field(None, ge=1)
-
-
 # -- helpers ---------------------------------------------------------------------------------
 
 _ID_RE = re.compile(r"^[0-9a-f]{8,64}$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def _label_filter(label: str | None) -> str:
-    """A Milvus filter for one label; the label is a literal, never part of the expression."""
-    if not label:
-        return ""
-    if _CONTROL_RE.search(label):
-        raise HTTPException(400, "label must not contain control characters")
-    escaped = label.replace("\\", "\\\\").replace('"', '\\"')
-    return f'label == "{escaped}"'
 
 
 class Service:
@@ -172,17 +94,22 @@ class Service:
             raise HTTPException(404, "no such item")
         return item
 
-    def search(self, query: Any, mode: Mode, k: int, min_score: float | None, label: str | None):
-        if min_score is not None and self.settings.metric is Metric.L2:
+    def search(self, query: Any, mode: Mode | None, k: int, params: SearchParams) -> Results:
+        """Run a search (or browse, with no query) with the request's filters."""
+        if params.min_score is not None and self.settings.metric is Metric.L2:
             raise HTTPException(400, "min_score is for COSINE and IP metrics, not L2")
-        label_filter = _label_filter(label)
+        if params.label is not None and _CONTROL_RE.search(params.label):
+            raise HTTPException(400, "label must not contain control characters")
         with self.lock:
             if not self.mm.store.exists():
-                return []
-            hits = self.mm.search(query, mode=mode, k=k, filter=label_filter)
-        if min_score is not None:
-            hits = [h for h in hits if h.score >= min_score]
-        return hits
+                return Results([], mode, "")
+            filters = params.filters(self.settings)
+            results = self.mm.find(
+                query, mode=mode, k=k, filters=filters, sort=params.sort, parse=not params.literal
+            )
+        if params.min_score is not None:
+            results.hits = [h for h in results.hits if h.score >= params.min_score]
+        return results
 
     def decode(self, data: bytes, *, query: bool) -> Image.Image:
         """Decode an upload, a few at a time; query images within the query pixel budget."""
@@ -223,11 +150,53 @@ class Service:
         return cached
 
 
+@dataclass
+class SearchParams:
+    """Filters and options every search endpoint takes (query parameters)."""
+
+    after: Annotated[str | None, Query(description="Taken on or after: 2023-07-01.")] = None
+    before: Annotated[str | None, Query(description="Taken before: 2023-08-01.")] = None
+    place: Annotated[
+        str | None, Query(max_length=200, description="City, region or country: Paris, 巴黎.")
+    ] = None
+    near: Annotated[str | None, Query(description="LAT,LON,RADIUS: 48.85,2.35,5km.")] = None
+    camera: Annotated[str | None, Query(max_length=128, description="Make or model.")] = None
+    label: Annotated[str | None, Query(max_length=512)] = None
+    orientation: Annotated[str | None, Query(description="landscape, portrait, square.")] = None
+    sort: Annotated[str, Query(description="relevance or date (newest first).")] = "relevance"
+    literal: Annotated[
+        bool, Query(description="Take the text as it is: no dates or places read out of it.")
+    ] = False
+    min_score: float | None = None
+
+    def filters(self, settings: Settings) -> Filters:
+        try:
+            return build_filters(
+                after=self.after,
+                before=self.before,
+                place=self.place,
+                near=self.near,
+                camera=self.camera,
+                label=self.label,
+                orientation=self.orientation,
+                find_place=lambda name: _gazetteer(settings).find(name),
+            )
+        except FilterError as exc:
+            raise HTTPException(400, str(exc)) from None
+
+
+def _gazetteer(settings: Settings) -> Any:
+    from mmsearch.places import Gazetteer
+
+    return Gazetteer.shared(settings.cache_dir)
+
+
 def _service(request: Request) -> Service:
     return request.app.state.service
 
 
 ServiceDep = Annotated[Service, Depends(_service)]
+ParamsDep = Annotated[SearchParams, Depends()]
 
 
 async def _read_upload(upload: UploadFile, limit: int) -> bytes:
@@ -279,16 +248,22 @@ def _secret(value: SecretStr | None) -> str | None:
 
 
 def create_app(
-    settings: Settings | None = None, *, listen_host: str = "127.0.0.1", public: bool = False
+    settings: Settings | None = None,
+    *,
+    listen_host: str = "127.0.0.1",
+    public: bool = False,
+    watch: Sequence[Path] = (),
 ) -> FastAPI:
-    """The ASGI app; ``mmsearch serve`` runs it with uvicorn on ``listen_host``."""
+    """The ASGI app; ``mmsearch serve`` runs it with uvicorn on ``listen_host``, keeping the
+    ``watch`` folders in sync beside it."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.service = Service(settings)
-        yield
-        app.state.service.mm.close()
+        app.state.service = service = Service(settings)
+        with _watching(service, watch):
+            yield
+        service.mm.close()
 
     app = FastAPI(
         title="mmsearch",
@@ -341,20 +316,31 @@ def _add_search_routes(app: FastAPI, settings: Settings) -> None:
     @app.get(f"{API}/search", response_model=SearchOut, tags=["search"])
     def search_text(
         svc: ServiceDep,
+        params: ParamsDep,
         q: Annotated[str, Query(max_length=MAX_QUERY_CHARS, description="Text query.")],
         mode: Annotated[Mode, Query()] = Mode.text2image,
         k: Annotated[int, Query(ge=1, le=MAX_K)] = 20,
-        min_score: float | None = None,
-        label: Annotated[str | None, Query(max_length=512)] = None,
     ) -> SearchOut:
-        """Search by text: ``text2image`` (images) or ``text2text`` (descriptions)."""
+        """Search by text: ``text2image`` (images) or ``text2text`` (descriptions). Words
+        naming a time or a place become filters ("海边 2023年7月") unless ``literal``."""
         if mode.takes_image:
             raise HTTPException(400, f"mode {mode.value} takes an image: POST {API}/search/image")
         check_query(q, mode, k)
         started = time.perf_counter()
-        hits = svc.search(q, mode, k, min_score, label)
-        return _search_out(mode, q, k, started, hits)
+        return _search_out(q, k, started, svc.search(q, mode, k, params))
 
+    @app.get(f"{API}/browse", response_model=SearchOut, tags=["search"])
+    def browse(
+        svc: ServiceDep, params: ParamsDep, k: Annotated[int, Query(ge=1, le=MAX_K)] = 50
+    ) -> SearchOut:
+        """Photos by filters alone (every photo without any), newest first."""
+        started = time.perf_counter()
+        return _search_out("", k, started, svc.search(None, None, k, params))
+
+    _add_image_search_route(app, settings)
+
+
+def _add_image_search_route(app: FastAPI, settings: Settings) -> None:
     # The upload's size is checked while it streams in, before it is spooled anywhere.
     @app.post(
         f"{API}/search/image",
@@ -364,27 +350,36 @@ def _add_search_routes(app: FastAPI, settings: Settings) -> None:
     )
     async def search_image(
         request: Request,
+        params: ParamsDep,
         file: Annotated[UploadFile, File(description="The query image.")],
         mode: Annotated[Mode, Form()] = Mode.image2image,
         k: Annotated[int, Form(ge=1, le=MAX_K)] = 20,
-        min_score: Annotated[float | None, Form()] = None,
         label: Annotated[str | None, Form(max_length=512)] = None,
     ) -> SearchOut:
-        """Search by an uploaded image: ``image2image`` or ``image2text``."""
+        """Search by an uploaded image: ``image2image`` or ``image2text``, with filters."""
         svc: Service = request.app.state.service
         if not mode.takes_image:
             raise HTTPException(400, f"mode {mode.value} takes text: GET {API}/search?q=...")
         data = await _read_upload(file, svc.settings.max_upload_bytes)
         image = await _in_thread(lambda: svc.decode(data, query=True))
         check_query(image, mode, k)
+        if label is not None:
+            params.label = label
         started = time.perf_counter()
-        hits = await _in_thread(svc.search, image, mode, k, min_score, label)
-        return _search_out(mode, file.filename or "upload", k, started, hits)
+        results = await _in_thread(svc.search, image, mode, k, params)
+        return _search_out(file.filename or "upload", k, started, results)
 
 
-def _search_out(mode: Mode, query: str, k: int, started: float, hits: list[Hit]) -> SearchOut:
-    hits_out = [HitOut.of(h) for h in hits]
-    return SearchOut(mode=mode, query=query, k=k, took_ms=_ms(started), hits=hits_out)
+def _search_out(query: str, k: int, started: float, results: Results) -> SearchOut:
+    return SearchOut(
+        mode=results.mode,
+        query=query,
+        text=results.text,
+        filters=filters_dict(results.filters),
+        k=k,
+        took_ms=_ms(started),
+        hits=[HitOut.of(h) for h in results.hits],
+    )
 
 
 def _add_item_routes(app: FastAPI) -> None:
@@ -401,7 +396,7 @@ def _add_item_routes(app: FastAPI) -> None:
         started = time.perf_counter()
         with svc.lock:
             hits = svc.mm.more_like_this(item_id, k=k)
-        return _search_out(Mode.image2image, item_id, k, started, hits)
+        return _search_out(item_id, k, started, Results(hits, Mode.image2image, ""))
 
     @app.get(f"{API}/items/{{item_id}}/image", tags=["items"], response_class=Response)
     def image(svc: ServiceDep, item_id: str) -> Response:
@@ -506,6 +501,28 @@ def _guard_of(app: FastAPI) -> Guard:
         layer = getattr(layer, "app", None)
     assert layer is not None, "the Guard middleware is not installed"
     return layer
+
+
+@contextmanager
+def _watching(svc: Service, folders: Sequence[Path]) -> Iterator[None]:
+    """A thread that keeps ``folders`` in sync while the app runs (through the service's
+    lock, as requests use the same store and models)."""
+    if not folders:
+        yield
+        return
+    from mmsearch.watch import FolderWatcher
+
+    watcher = FolderWatcher(
+        svc.mm, folders, lock=svc.lock, follow_symlinks=svc.settings.follow_symlinks
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=watcher.run, args=(stop,), name="watch", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=30)
 
 
 def _ms(started: float) -> float:

@@ -9,6 +9,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,6 +21,9 @@ from rich.table import Table
 from mmsearch import demo as demo_module
 from mmsearch.config import IndexType, Language, Metric, Settings, load_settings
 from mmsearch.engine import MMSearch
+from mmsearch.filters import FilterError
+from mmsearch.filters import as_dict as filters_dict
+from mmsearch.filters import build as build_filters
 from mmsearch.ingest import IngestReport
 from mmsearch.providers import ProviderError
 from mmsearch.search import Mode, QueryError, check_query
@@ -164,11 +168,21 @@ def _hits_table(hits: list[Hit], title: str) -> Table:
     table.add_column("score")
     table.add_column("label", overflow="fold")
     table.add_column("description", overflow="fold", ratio=3)
+    table.add_column("taken", overflow="fold")
     table.add_column("file", overflow="fold", ratio=2)
     for rank, hit in enumerate(hits, 1):
         name = Path(hit.origin).name
-        table.add_row(str(rank), f"{hit.score:.3f}", hit.label, hit.description, name)
+        row = [str(rank), f"{hit.score:.3f}", hit.label, hit.description, _taken(hit), name]
+        table.add_row(*row)
     return table
+
+
+def _taken(hit: Hit) -> str:
+    """When and where, as a short line: "2023-07-14 · Paris, France"."""
+    seconds = int(hit.fact("taken_at"))
+    when = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d") if seconds else ""
+    where = ", ".join(p for p in (hit.fact("place_city"), hit.fact("place_country")) if p)
+    return " · ".join(p for p in (when, where) if p)
 
 
 def _hit_dict(hit: Hit) -> dict[str, Any]:
@@ -177,32 +191,76 @@ def _hit_dict(hit: Hit) -> dict[str, Any]:
 
 @app.command()
 def search(
-    query: Annotated[str | None, typer.Argument(help="Text query, e.g. 棕色的狗.")] = None,
+    query: Annotated[
+        str | None, typer.Argument(help="Text query, e.g. 棕色的狗, 海边 2023年7月.")
+    ] = None,
     image: Annotated[Path | None, typer.Option(help="Image file to search with.")] = None,
     mode: Annotated[Mode | None, typer.Option(help="Search mode.")] = None,
     k: Annotated[int, typer.Option("-k", "--k", help="Number of results.")] = 10,
+    after: Annotated[str | None, typer.Option(help="Taken on or after: 2023-07-01.")] = None,
+    before: Annotated[str | None, typer.Option(help="Taken before: 2023-08-01.")] = None,
+    place: Annotated[str | None, typer.Option(help="City, region or country: Paris, 巴黎.")] = None,
+    near: Annotated[str | None, typer.Option(help="LAT,LON,RADIUS: 48.85,2.35,5km.")] = None,
+    camera: Annotated[str | None, typer.Option(help="Camera make or model: iPhone.")] = None,
+    label: Annotated[str | None, typer.Option(help="Label (folder name).")] = None,
+    orientation: Annotated[str | None, typer.Option(help="landscape, portrait or square.")] = None,
+    sort: Annotated[str, typer.Option(help="relevance or date (newest first).")] = "relevance",
+    literal: Annotated[
+        bool, typer.Option(help="Take the text as it is: no dates or places read out of it.")
+    ] = False,
     filter: Annotated[str, typer.Option(help='Milvus filter, e.g. label == "lion".')] = "",
     as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
 ) -> None:
-    """Search by text (text2image, text2text) or by --image (image2image, image2text)."""
-    if (query is None) == (image is None):
-        _fail(QueryError("give either a text query or --image FILE"))
+    """Search by text (text2image, text2text) or by --image (image2image, image2text), with
+    filters; with filters and no query, browse them newest first. Words naming a time or a
+    place become filters ("海边 2023年7月", "beach in Paris") unless --literal."""
+    options = dict(after=after, before=before, place=place, near=near, camera=camera)
+    options |= dict(label=label, orientation=orientation)
+    if query is not None and image is not None:
+        _fail(QueryError("give either a text query or --image FILE, not both"))
+        return
+    if query is None and image is None and not (any(options.values()) or filter):
+        _fail(QueryError("give either a text query or --image FILE (or filters to browse)"))
         return
     given = image if image is not None else query
     try:
-        mode = check_query(given, mode, k)
+        if given is not None:
+            check_query(given, mode, k)  # before anything is opened
         with MMSearch(settings=_settings()) as mm:
-            hits = mm.search(given, mode=mode, k=k, filter=filter)
-    except QueryError as exc:
+            filters = build_filters(**options, find_place=lambda n: _places(mm).find(n))
+            results = mm.find(
+                given, mode=mode, k=k, filter=filter, filters=filters, sort=sort, parse=not literal
+            )
+    except (QueryError, FilterError) as exc:
         _fail(QueryError(f"{exc} (a text is the QUERY argument, an image --image FILE)"))
         return
     except _USER_ERRORS as exc:
         _fail(exc)
         return
+    _show_results(results, given, as_json)
+
+
+def _places(mm: MMSearch) -> Any:
+    from mmsearch.places import Gazetteer
+
+    return Gazetteer.shared(mm.settings.cache_dir)
+
+
+def _show_results(results: Any, given: Any, as_json: bool) -> None:
+    understood = results.filters.understood
     if as_json:
-        print(json.dumps([_hit_dict(h) for h in hits], ensure_ascii=False, indent=2))
-    else:
-        console.print(_hits_table(hits, f"{mode.value}: {query if query is not None else image}"))
+        out = {
+            "mode": results.mode.value if results.mode else None,
+            "text": results.text,
+            "filters": filters_dict(results.filters),
+            "hits": [_hit_dict(h) for h in results.hits],
+        }
+        print(json.dumps(out, ensure_ascii=False, indent=2))
+        return
+    title = f"{results.mode.value}: {given}" if results.mode else "browse (newest first)"
+    if understood:
+        title += "  ·  " + ", ".join(f"{kind}: {text}" for kind, text in understood)
+    console.print(_hits_table(results.hits, title))
 
 
 @app.command()
@@ -237,6 +295,10 @@ def serve(
         list[str] | None,
         typer.Option(help="A host name the server answers to (repeatable); IPs always work."),
     ] = None,
+    watch: Annotated[
+        list[Path] | None,
+        typer.Option(help="A folder to keep in sync while serving (repeatable)."),
+    ] = None,
 ) -> None:
     """Serve the web page (/) and the HTTP API (/api/v1, docs at /docs).
 
@@ -262,8 +324,46 @@ def serve(
         f"mmsearch on [bold]http://{host}:{port}/[/] (API docs: /docs) · "
         f"{settings.uri} / {settings.collection}" + (f" · reads {reads}" if exposed else "")
     )
-    app_ = create_app(settings, listen_host=host, public=public)
+    for folder in watch or []:
+        if not folder.is_dir():
+            _fail(SourceError(f"{folder}: not a folder (--watch)"))
+    app_ = create_app(settings, listen_host=host, public=public, watch=watch or [])
     uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+@app.command()
+def watch(
+    folders: Annotated[list[Path], typer.Argument(help="Folders to keep in sync.")],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON line per change.")] = False,
+) -> None:
+    """Index folders, then keep them in sync: new and changed images are indexed within
+    seconds, deleted ones removed. Stop with Ctrl+C; a restart catches up."""
+    from mmsearch.watch import FolderWatcher
+
+    settings = _settings()
+    try:
+        with MMSearch(settings=settings) as mm:
+            watcher = FolderWatcher(mm, folders, follow_symlinks=settings.follow_symlinks)
+            for report in watcher.catch_up():
+                _show_report(report, as_json)
+            if not as_json:
+                console.print(f"watching {', '.join(map(str, watcher.folders))} (Ctrl+C stops)")
+            for batch in watcher.changes():
+                _show_change(watcher.apply(batch), as_json)
+    except (*_USER_ERRORS, NotADirectoryError) as exc:
+        _fail(exc)
+
+
+def _show_change(change: Any, as_json: bool) -> None:
+    indexed = change.indexed.as_dict() if change.indexed else None
+    if as_json:
+        out = {"indexed": indexed, "removed": change.removed, "deferred": change.deferred}
+        print(json.dumps(out, ensure_ascii=False), flush=True)
+        return
+    if change.indexed:
+        _print_report(change.indexed)
+    for path in change.removed:
+        console.print(f"removed {path}")
 
 
 server_app = typer.Typer(

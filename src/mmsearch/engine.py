@@ -18,10 +18,12 @@ from typing import Any
 from PIL import Image
 
 from mmsearch.config import Settings, load_settings
+from mmsearch.filters import Filters
 from mmsearch.ingest import Ingestor, IngestReport, ProgressCallback
 from mmsearch.providers import Describer, Embedder, get_describer, get_embedder
-from mmsearch.search import Mode, Searcher
+from mmsearch.search import Mode, Results, Searcher
 from mmsearch.sources import SourceItem
+from mmsearch.sources import item_id as file_id
 from mmsearch.store import Hit, Item, Store
 
 
@@ -96,12 +98,49 @@ class MMSearch:
         mode: Mode | str | None = None,
         k: int = 10,
         filter: str = "",
+        filters: Filters | None = None,
+        sort: str = "relevance",
     ) -> list[Hit]:
-        """Search; the mode defaults to text2image for text and image2image for images."""
-        return self.searcher.search(query, mode=mode, k=k, filter=filter)
+        """Search; the mode defaults to text2image for text and image2image for images.
+        The text is taken literally; ``find`` also reads times and places out of it."""
+        return self.find(
+            query, mode=mode, k=k, filter=filter, filters=filters, sort=sort, parse=False
+        ).hits
+
+    def find(
+        self,
+        query: str | Path | Image.Image | None,
+        *,
+        mode: Mode | str | None = None,
+        k: int = 10,
+        filter: str = "",
+        filters: Filters | None = None,
+        sort: str = "relevance",
+        parse: bool = True,
+    ) -> Results:
+        """Search as the CLI and the page do: words naming a time or a place become
+        filters ("海边 2023年7月", "beach in Paris"); no query (or only such words) browses
+        by the filters, newest first. ``Results`` says what was understood."""
+        return self.searcher.find(
+            query, mode=mode, k=k, filter=filter, filters=filters, sort=sort, parse=parse
+        )
 
     def more_like_this(self, item_id: str, *, k: int = 10) -> list[Hit]:
         return self.searcher.more_like_this(item_id, k=k)
+
+    def remove(self, paths: Sequence[str | Path]) -> list[str]:
+        """Remove the rows of files (or of every file under folders) that are gone; returns
+        the origins removed. The files themselves are not touched."""
+        if not self.store.exists():
+            return []
+        gone: dict[str, str] = {}
+        for raw in paths:
+            path = Path(raw).expanduser().absolute()
+            gone.update(self.store.ids_under(path))
+            for item in self.store.items([file_id(path)]):
+                gone[item.id] = item.origin
+        self.store.delete(list(gone))
+        return sorted(gone.values())
 
     def get(self, item_id: str) -> Item | None:
         items = self.store.items([item_id])

@@ -29,16 +29,18 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from mmsearch.config import Settings
-from mmsearch.images import ImageError, LoadedImage, decode_image, hash_bytes, read_file
+from mmsearch.filters import wall_clock_seconds
+from mmsearch.images import ImageError, LoadedImage, decode_photo, hash_bytes, read_file
+from mmsearch.metadata import PhotoFacts
 from mmsearch.providers import Describer, Embedder, get_describer, get_embedder
 from mmsearch.providers.base import FatalProviderError, ImageBatch, ProviderError
 from mmsearch.sources import SourceError, SourceItem, iter_source, unique_files
-from mmsearch.store import Item, KnownFile, Row, Store
+from mmsearch.store import FEATURE_FIELD, IMAGE_FIELD, TEXT_FIELD, Item, KnownFile, Row, Store
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,10 @@ class IngestReport:
     unchanged: int = 0
     #: Files listed again (a CSV row repeated, a link to a file already listed): one row each.
     duplicates: int = 0
+    #: Files found under a new path with bytes already stored: their old rows are gone.
+    moved: int = 0
+    #: Files gone from an indexed folder, whose rows were removed.
+    removed: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     #: Seconds spent per stage (read+decode is summed over the reading threads, which run
@@ -75,11 +81,22 @@ class IngestReport:
             "indexed": self.indexed,
             "unchanged": self.unchanged,
             "duplicates": self.duplicates,
+            "moved": self.moved,
+            "removed": [name(p) for p in self.removed],
             "failed": [{"path": name(p), "reason": r} for p, r in self.failed],
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
             "stage_seconds": {k: round(v, 3) for k, v in self.stages.items()},
         }
+
+    def add(self, other: IngestReport) -> None:
+        """Count ``other``'s run in this report (a run done in parts)."""
+        for name in ("total", "indexed", "unchanged", "duplicates", "moved", "seconds"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.failed += other.failed
+        self.removed += other.removed
+        for stage, seconds in other.stages.items():
+            self.stages[stage] += seconds
 
     def timer(self, stage: str) -> contextlib.AbstractContextManager[None]:
         """Adds the time spent in the block to ``stage``."""
@@ -109,14 +126,18 @@ class Work:
     unchanged: bool = False
     #: (size, mtime_ns) to record for an unchanged file whose stat changed.
     refresh: tuple[int, int] | None = None
+    #: When, where and with what it was taken, as ``Item.facts`` stores it.
+    facts: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0  # spent reading and decoding
 
 
 class Reader:
-    """A file to a ``Work`` item, reading it only when its size or time changed."""
+    """A file to a ``Work`` item, reading it only when its size or time changed, with the
+    facts its metadata states (when, where, with what)."""
 
     def __init__(self, settings: Settings) -> None:
         self.max_pixels = settings.max_image_pixels
+        self.cache_dir = settings.cache_dir
 
     def read(self, source: SourceItem, id_: str, known: KnownFile | None) -> Work:
         work = Work(source, id_)
@@ -140,9 +161,20 @@ class Reader:
         if known is not None and content_hash == known.content_hash:
             work.unchanged, work.refresh = True, facts
             return
-        img, width, height = decode_image(data, max_pixels=self.max_pixels)
-        work.image = LoadedImage(work.source.path, content_hash, width, height, img)
+        photo = decode_photo(data, max_pixels=self.max_pixels, mtime=facts[1] / 1e9)
+        work.image = LoadedImage(
+            work.source.path, content_hash, photo.width, photo.height, photo.image
+        )
         work.image.file_size, work.image.mtime_ns = facts
+        work.facts = photo_facts(photo.facts, self._locate(photo.facts))
+
+    def _locate(self, facts: PhotoFacts) -> Any:
+        """Where the GPS position is (the gazetteer loads on the first photo with one)."""
+        if facts.latitude is None or facts.longitude is None:
+            return None
+        from mmsearch.places import Gazetteer
+
+        return Gazetteer.shared(self.cache_dir).locate(facts.latitude, facts.longitude)
 
 
 def _file_facts(path: Path) -> tuple[int, int]:
@@ -216,6 +248,7 @@ class Mapper:
                 indexed_at=now,
                 file_size=image.file_size,
                 mtime_ns=image.mtime_ns,
+                facts=work.facts,
             )
             features = vectors.features[n] if vectors.features is not None else None
             rows.append(Row(item, vectors.shared[n], text_vectors[n], features))
@@ -234,10 +267,19 @@ class Writer:
     def known(self, ids: Sequence[str]) -> dict[str, KnownFile]:
         return self.store.known_files(ids)
 
+    def by_content(self, hashes: Sequence[str]) -> dict[str, dict[str, Any]]:
+        return self.store.by_content(hashes)
+
+    def under(self, folder: Path) -> dict[str, str]:
+        return self.store.ids_under(folder)
+
     def write(self, rows: list[Row], refresh: dict[str, tuple[int, int]]) -> int:
         if refresh:
             self.store.set_file_facts(refresh)
         return self.store.upsert(rows)
+
+    def delete(self, ids: Sequence[str]) -> None:
+        self.store.delete(ids)
 
 
 # -- runner ------------------------------------------------------------------------------------
@@ -269,10 +311,11 @@ class Ingestor:
         limit: int | None = None,
         progress: ProgressCallback | None = None,
     ) -> IngestReport:
-        """Index ``source``. Rows are not flushed at the end: on a Milvus server that took
-        4 s of a 22 s run of 300 images (bench/ingest.py), and it is not needed for safety,
-        as Milvus replays its log after a crash and the embedded server flushes when it
-        stops."""
+        """Index ``source``; for a whole folder, also remove the rows of files gone from it.
+
+        Rows are not flushed at the end: on a Milvus server that took 4 s of a 22 s run of
+        300 images (bench/ingest.py), and it is not needed for safety, as Milvus replays its
+        log after a crash and the embedded server flushes when it stops."""
         files, duplicates = self._files(source, limit)
         embedder = self.mapper.embedder
         self.store.open(
@@ -283,8 +326,20 @@ class Ingestor:
         )
         report = IngestReport(total=len(files), duplicates=duplicates)
         started = time.perf_counter()
-        bs = self.settings.batch_size
-        batches = [files[i : i + bs] for i in range(0, len(files), bs)]
+        self._run_batches(files, report, progress)
+        if isinstance(source, (str, Path)) and Path(source).is_dir() and limit is None:
+            self._remove_gone(Path(source), {i for i, _ in files}, report)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _run_batches(
+        self,
+        files: list[tuple[str, SourceItem]],
+        report: IngestReport,
+        progress: ProgressCallback | None,
+    ) -> None:
+        bs, total = self.settings.batch_size, len(files)
+        batches = [files[i : i + bs] for i in range(0, total, bs)]
         with ThreadPoolExecutor(max_workers=self.settings.workers) as pool:
             pending = self._read(pool, batches[0]) if batches else []
             for index in range(len(batches)):
@@ -292,13 +347,19 @@ class Ingestor:
                 # Read and decode the next batch while the models work on this one.
                 pending = self._read(pool, batches[index + 1]) if index + 1 < len(batches) else []
                 self._process(current, report)
-                done = min((index + 1) * bs, len(files))
-                total = len(files)
+                done = min((index + 1) * bs, total)
                 log.debug("batch written: %d/%d tried, %d indexed", done, total, report.indexed)
                 if progress:
-                    progress(done, len(files))
-        report.seconds = time.perf_counter() - started
-        return report
+                    progress(done, total)
+
+    def _remove_gone(self, folder: Path, listed: set[str], report: IngestReport) -> None:
+        """Delete the rows of files under ``folder`` that it no longer holds."""
+        with report.timer("store"):
+            gone = {
+                i: o for i, o in self.store.ids_under(folder.resolve()).items() if i not in listed
+            }
+            self.writer.delete(list(gone))
+        report.removed += sorted(gone.values())
 
     def _files(
         self, source: Path | Sequence[SourceItem], limit: int | None
@@ -327,7 +388,88 @@ class Ingestor:
                     refresh[work.id] = work.refresh
             else:
                 ready.append(work)
+        reused, moved, ready = self._known_content(ready)
         rows, failed = self.mapper.map(ready, report.timer) if ready else ([], [])
         report.failed += [(str(w.source.path), reason) for w, reason in failed]
+        report.moved += len(moved)
         with report.timer("store"):
-            report.indexed += self.writer.write(rows, refresh)
+            report.indexed += self.writer.write(reused + rows, refresh)
+            self.writer.delete(moved)
+
+    def _known_content(self, ready: list[Work]) -> tuple[list[Row], list[str], list[Work]]:
+        """Files whose bytes are already stored under another path (moved, renamed or
+        copied) keep those vectors and that description instead of being embedded again.
+        Returns their rows, the ids of the old paths that are gone (moves), and the rest."""
+        if not ready:
+            return [], [], []
+        stored = self.writer.by_content([w.image.content_hash for w in ready if w.image])
+        reused, moved, rest = [], [], []
+        for work in ready:
+            record = stored.get(work.image.content_hash) if work.image else None
+            if record is None or record["id"] == work.id:
+                rest.append(work)
+                continue
+            reused.append(_reused_row(work, record))
+            if not os.path.lexists(record["origin"]):
+                moved.append(record["id"])
+        return reused, moved, rest
+
+
+def _reused_row(work: Work, record: dict[str, Any]) -> Row:
+    """A row for ``work``'s file from the stored row of a file with the same bytes."""
+    assert work.image is not None
+    stored = Item.from_entity(record["id"], record)
+    item = replace(
+        stored,
+        id=work.id,
+        origin=str(work.source.path.resolve()),
+        label=work.source.label,
+        indexed_at=int(time.time()),
+        file_size=work.image.file_size,
+        mtime_ns=work.image.mtime_ns,
+    )
+    return Row(item, record[IMAGE_FIELD], record[TEXT_FIELD], record.get(FEATURE_FIELD))
+
+
+def photo_facts(facts: PhotoFacts, location: Any = None) -> dict[str, Any]:
+    """``PhotoFacts`` (and the gazetteer's ``Location`` of its GPS position) as the fields
+    ``Item.facts`` stores; what is unknown is left out (stored as the field's default)."""
+    out: dict[str, Any] = {}
+    if facts.taken_at is not None:
+        out["taken_at"] = wall_clock_seconds(facts.taken_at)
+        out["taken_at_source"] = facts.taken_at_source or ""
+    if facts.utc_offset_minutes is not None:
+        sign, minutes = (
+            ("-" if facts.utc_offset_minutes < 0 else "+"),
+            abs(facts.utc_offset_minutes),
+        )
+        out["utc_offset"] = f"{sign}{minutes // 60:02d}:{minutes % 60:02d}"
+    if facts.latitude is not None and facts.longitude is not None:
+        out.update(has_gps=True, latitude=facts.latitude, longitude=facts.longitude)
+    out.update({k: v for k, v in _place_fields(location).items() if v})
+    out["camera_make"] = facts.camera_make or ""
+    out["camera_model"] = facts.camera_model or ""
+    out["file_format"] = facts.file_format or ""
+    return out
+
+
+#: A photo farther than this from the city ``locate`` names keeps only region and country:
+#: "Flagstaff" should not find the Grand Canyon, 112 km away.
+CITY_KM = 30.0
+
+
+def _place_fields(location: Any) -> dict[str, Any]:
+    if location is None:
+        return {}
+    city = location.city if location.city_km <= CITY_KM else None
+    region, country = location.region, location.country
+    names_zh = [p.name_zh for p in (city, region, country) if p is not None and p.name_zh]
+    return {
+        "place_city_id": int(city.code) if city is not None else 0,
+        "place_city": city.name if city is not None else "",
+        "place_region_code": region.code if region is not None else "",
+        "place_region": region.name if region is not None else "",
+        "place_country_code": country.code if country is not None else "",
+        "place_country": country.name if country is not None else "",
+        "place_zh": " ".join(names_zh),
+    }

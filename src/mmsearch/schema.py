@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 #: Bump with an entry in ADDED_FIELDS (and RECORD_STEPS if needed) when the layout changes.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 IMAGE_FIELD = "image_embedding"
 TEXT_FIELD = "text_embedding"
@@ -52,9 +52,35 @@ BASE_FIELDS = (
 
 #: Fields each version added. 2: the file's size and modification time, so that indexing a
 #: folder again skips unchanged files from a ``stat`` instead of reading and hashing each.
+#: 3: when, where and with what the photo was taken, and its format (``metadata.py``):
+#: ``taken_at`` is the wall-clock time where it was taken in seconds since 1970 (0: not
+#: known; see ``filters.py``); places are the gazetteer's (``places.py``); the ``*_key``
+#: fields are lower-case copies for prefix filters (Milvus 2.3 matches prefixes only).
 ADDED_FIELDS: dict[int, tuple[Field, ...]] = {
     2: (Field("file_size", "INT64", default=0), Field("mtime_ns", "INT64", default=0)),
+    3: (
+        Field("taken_at", "INT64", default=0),
+        Field("taken_at_source", "VARCHAR", 16, ""),
+        Field("utc_offset", "VARCHAR", 8, ""),
+        Field("has_gps", "BOOL", default=False),
+        Field("latitude", "DOUBLE", default=0.0),
+        Field("longitude", "DOUBLE", default=0.0),
+        Field("place_city_id", "INT64", default=0),
+        Field("place_city", "VARCHAR", 256, ""),
+        Field("place_region_code", "VARCHAR", 32, ""),
+        Field("place_region", "VARCHAR", 256, ""),
+        Field("place_country_code", "VARCHAR", 8, ""),
+        Field("place_country", "VARCHAR", 256, ""),
+        Field("place_zh", "VARCHAR", 512, ""),
+        Field("camera_make", "VARCHAR", 128, ""),
+        Field("camera_model", "VARCHAR", 128, ""),
+        Field("camera_make_key", "VARCHAR", 128, ""),
+        Field("camera_model_key", "VARCHAR", 128, ""),
+        Field("file_format", "VARCHAR", 16, ""),
+    ),
 }
+#: The fields of version 3 that ``Item.facts`` carries (all but the lower-case keys).
+FACT_FIELDS = tuple(f.name for f in ADDED_FIELDS[3] if not f.name.endswith("_key"))
 
 #: Record rewrites beyond filling added fields, by the version they lead to.
 RECORD_STEPS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
@@ -98,6 +124,12 @@ class Item:
     indexed_at: int = 0
     file_size: int = 0
     mtime_ns: int = 0
+    #: When, where, with what (schema 3): FACT_FIELDS -> value, defaults where unknown.
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def fact(self, name: str) -> Any:
+        """A fact, or its default when the row has none (an older row, an unknown value)."""
+        return self.facts.get(name, _DEFAULTS[name])
 
     @classmethod
     def from_entity(cls, id_: str, entity: dict[str, Any]) -> Item:
@@ -118,6 +150,7 @@ class Item:
             indexed_at=int(entity.get("indexed_at", 0)),
             file_size=int(entity.get("file_size", 0)),
             mtime_ns=int(entity.get("mtime_ns", 0)),
+            facts={k: entity[k] for k in FACT_FIELDS if k in entity},
         )
 
 
@@ -137,6 +170,9 @@ class Row:
     image_embedding: np.ndarray
     text_embedding: np.ndarray
     image_feature: np.ndarray | None = None
+
+
+_DEFAULTS = {f.name: f.default for f in ADDED_FIELDS[3]}
 
 
 def _limit(name: str) -> int:
@@ -167,9 +203,22 @@ def row_record(row: Row) -> dict[str, Any]:
         "indexed_at": int(it.indexed_at),
         "file_size": int(it.file_size),
         "mtime_ns": int(it.mtime_ns),
+        **_fact_record(it),
         IMAGE_FIELD: np.asarray(row.image_embedding, np.float32).tolist(),
         TEXT_FIELD: np.asarray(row.text_embedding, np.float32).tolist(),
     }
     if row.image_feature is not None:
         record[FEATURE_FIELD] = np.asarray(row.image_feature, np.float32).tolist()
     return record
+
+
+def _fact_record(item: Item) -> dict[str, Any]:
+    """The facts as stored: defaults for what is unknown, strings cut to their limits, and
+    the lower-case keys the camera filter matches."""
+    out: dict[str, Any] = {}
+    for f in ADDED_FIELDS[3]:
+        value = item.fact(f.name) if not f.name.endswith("_key") else ""
+        out[f.name] = truncate(str(value), f.max_length) if f.dtype == "VARCHAR" else value
+    out["camera_make_key"] = out["camera_make"].lower()
+    out["camera_model_key"] = out["camera_model"].lower()
+    return out

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from mmsearch.config import Metric, Settings
+from mmsearch.filters import Filters, Near, expression, within
 from mmsearch.images import ImageError, decode_image, read_file
 from mmsearch.providers import Embedder, get_embedder
 from mmsearch.providers.base import feature_queries
@@ -72,6 +75,24 @@ def check_query(query: object, mode: Mode | str | None, k: int, *, paths: bool =
     return mode
 
 
+#: How results are ordered: by similarity to the query, or newest photo first.
+SORTS = ("relevance", "date")
+#: Candidates fetched per result wanted when a filter is checked after the search (a
+#: distance from a point, which Milvus cannot compute).
+NEAR_OVERSAMPLING = 4
+
+
+@dataclass
+class Results:
+    """Hits, and what the query was taken to mean: the text that was embedded ("" when
+    browsing by filters alone) and the filters (with the words they came from)."""
+
+    hits: list[Hit]
+    mode: Mode | None
+    text: str
+    filters: Filters = field(default_factory=Filters)
+
+
 class Searcher:
     """Runs queries against one collection with the embedder that built it."""
 
@@ -85,6 +106,50 @@ class Searcher:
         self.has_features = bool(meta.get("feature_dim")) and self.embedder.feature_dim > 0
         #: The embedder's optional mapping of queries into ``image_feature`` (or None).
         self.feature_queries = feature_queries(self.embedder) if self.has_features else None
+
+    def find(
+        self,
+        query: str | Path | Image.Image | None,
+        *,
+        mode: Mode | str | None = None,
+        k: int = 10,
+        filters: Filters | None = None,
+        filter: str = "",
+        sort: str = "relevance",
+        parse: bool = True,
+    ) -> Results:
+        """Search with filters; a text's words that name a time or place become filters
+        too (unless ``parse`` is off), and a query of filters alone browses by them.
+
+        ``filter`` is a raw Milvus expression (the CLI's --filter), ANDed with ``filters``.
+        """
+        if sort not in SORTS:
+            raise QueryError(f"sort must be one of {', '.join(SORTS)}, got {sort!r}")
+        filters = filters or Filters()
+        text_mode = mode is None or not Mode(mode).takes_image
+        if isinstance(query, str) and parse and text_mode and query.strip():
+            parsed = parse_text(query, self.settings)
+            query, filters = parsed.text, parsed.filters.merged(filters)
+        expr = " and ".join(f"({e})" for e in (filter, expression(filters)) if e)
+        if query is None or (isinstance(query, str) and not query.strip() and text_mode):
+            hits = self.browse(expr, k=k, near=filters.near)
+            return Results(_sorted(hits, "date"), None, "", filters)
+        wanted = min(MAX_K, k * NEAR_OVERSAMPLING) if filters.near else k
+        hits = self.search(query, mode=mode, k=wanted, filter=expr)
+        if filters.near:
+            hits = [h for h in hits if _near(filters.near, h)][:k]
+        mode = check_query(query, mode, k, paths=True)
+        text = query if isinstance(query, str) else ""
+        return Results(_sorted(hits, sort), mode, text, filters)
+
+    def browse(self, expr: str, *, k: int, near: Near | None = None) -> list[Hit]:
+        """Items matching ``expr`` (every item if empty), newest photo first."""
+        if not 1 <= k <= MAX_K:
+            raise QueryError(f"k must be between 1 and {MAX_K}, got {k}")
+        newest = self.store.newest(expr, limit=k if near is None else None)
+        if near is not None:
+            newest = [h for h in newest if _near(near, h)]
+        return newest[:k]
 
     def search(
         self,
@@ -206,3 +271,25 @@ class Searcher:
         except ImageError as exc:
             raise QueryError(f"{path}: {exc}") from None
         return image
+
+
+def _near(near: Near, hit: Hit) -> bool:
+    return bool(hit.fact("has_gps")) and within(
+        near, float(hit.fact("latitude")), float(hit.fact("longitude"))
+    )
+
+
+def _sorted(hits: list[Hit], sort: str) -> list[Hit]:
+    """Newest photo first for "date" (photos of unknown date last); as ranked otherwise."""
+    if sort != "date":
+        return hits
+    return sorted(hits, key=lambda h: int(h.fact("taken_at")) or -(2**62), reverse=True)
+
+
+def parse_text(text: str, settings: Settings) -> Any:
+    """``queryparse.parse_query`` with the gazetteer (loaded only for texts that may name a
+    place)."""
+    from mmsearch.places import Gazetteer
+    from mmsearch.queryparse import parse_query
+
+    return parse_query(text, places=Gazetteer.shared(settings.cache_dir))

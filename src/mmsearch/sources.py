@@ -42,6 +42,11 @@ OUTSIDE_LINK = (
 )
 
 
+def label_for(path: Path, root: Path) -> str:
+    """A file's label in a folder: the name of the folder that holds it."""
+    return path.parent.name if path.parent != root else root.name
+
+
 def iter_folder(root: Path, *, follow_symlinks: bool = False) -> Iterator[SourceItem]:
     """Image files under ``root``, recursively, in a stable order; label = parent folder.
 
@@ -57,7 +62,7 @@ def iter_folder(root: Path, *, follow_symlinks: bool = False) -> Iterator[Source
             path = Path(dirpath) / name
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            label = path.parent.name if path.parent != root else root.name
+            label = label_for(path, root)
             outside = path.is_symlink() and not path.resolve().is_relative_to(real_root)
             refused = OUTSIDE_LINK if outside and not follow_symlinks else ""
             yield SourceItem(path, label, refused)

@@ -20,6 +20,7 @@ import json
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ from mmsearch.backends import (
     backend_for,
 )
 from mmsearch.config import Settings
+from mmsearch.filters import literal
 from mmsearch.schema import (
     FEATURE_FIELD,
     IMAGE_FIELD,
@@ -371,6 +373,62 @@ class Store:
 
     # -- reads ------------------------------------------------------------------------------
 
+    def ids_under(self, folder: Path) -> dict[str, str]:
+        """id -> origin of every stored file under ``folder`` (an absolute, resolved path).
+
+        Milvus matches only prefixes, with ``%`` as its wildcard: the pattern stops before
+        any ``%`` in the path, and the exact prefix is checked here.
+        """
+        prefix = str(folder).rstrip("/") + "/"
+        pattern = prefix.split("%", 1)[0] + "%"
+        self._load()
+        found: dict[str, str] = {}
+        it = self.client.query_iterator(
+            self.collection,
+            batch_size=PAGE,
+            filter=f"origin like {literal(pattern)}",
+            output_fields=["origin"],
+        )
+        try:
+            while page := it.next():
+                found.update({r["id"]: r["origin"] for r in page if r["origin"].startswith(prefix)})
+        finally:
+            it.close()
+        return found
+
+    def newest(self, filter: str = "", *, limit: int | None = None) -> list[Hit]:
+        """Items matching ``filter``, newest photo first (unknown dates last), as hits of
+        score 0: browsing by filters alone. Milvus cannot sort, so the dates of every match
+        are read (a page at a time) and sorted here."""
+        self._load()
+        dated: list[tuple[int, str]] = []
+        it = self.client.query_iterator(
+            self.collection, batch_size=PAGE, filter=filter, output_fields=["taken_at"]
+        )
+        try:
+            while page := it.next():
+                dated += [(int(r["taken_at"]) or -(2**62), r["id"]) for r in page]
+        finally:
+            it.close()
+        dated.sort(reverse=True)
+        ids = [i for _, i in (dated if limit is None else dated[:limit])]
+        return [Hit(**item.__dict__, score=0.0) for item in self.items(ids)]
+
+    def by_content(self, hashes: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """content hash -> one stored record with those bytes (vectors included): a file
+        moved, renamed or copied keeps the vectors and description it was given."""
+        wanted = sorted(set(hashes))
+        if not wanted:
+            return {}
+        self._load()
+        expr = "content_hash in [" + ", ".join(literal(h) for h in wanted) + "]"
+        ids = {
+            r["content_hash"]: r["id"]
+            for r in self.client.query(self.collection, filter=expr, output_fields=["content_hash"])
+        }
+        records = self.get(list(ids.values()), with_vectors=True)
+        return {r["content_hash"]: r for r in records}
+
     def known_files(self, ids: Iterable[str]) -> dict[str, KnownFile]:
         """What the store knows of each id that is present: its hash, size and mtime."""
         self._load()
@@ -415,7 +473,11 @@ class Store:
         return self._version or self.schema_version
 
     def items(self, ids: Sequence[str]) -> list[Item]:
-        return [Item.from_entity(r["id"], r) for r in self.get(ids)]
+        """Stored items by id (no vectors), in the order given, a page of ids at a time."""
+        records = []
+        for start in range(0, len(ids), PAGE):
+            records += self.get(ids[start : start + PAGE])
+        return [Item.from_entity(r["id"], r) for r in records]
 
     def iter_items(self) -> Iterator[Item]:
         """Every stored item (no vectors), in pages, for re-indexing and export."""

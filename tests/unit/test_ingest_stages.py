@@ -202,3 +202,52 @@ def test_limit_counts_distinct_files(settings, photos):
     with MMSearch(settings=settings) as mm:
         report = mm.index(items, limit=3)
     assert report.total == 3 and report.indexed == 3
+
+
+def _ingestor(settings, store):
+    embedder = FakeEmbedder()
+    return Ingestor(settings, store=store, embedder=embedder, describer=FakeDescriber()), embedder
+
+
+def test_files_gone_from_the_folder_are_removed_and_reported(settings, photos):
+    with Store(settings) as store:
+        ingestor, _ = _ingestor(settings, store)
+        ingestor.run(photos)
+        (photos / "warm" / "red.png").unlink()
+        report = ingestor.run(photos)
+        assert report.removed == [str((photos / "warm" / "red.png").resolve())]
+        assert store.count() == 4
+        assert report.as_dict(full_paths=False)["removed"] == ["red.png"]
+
+
+def test_a_partial_run_removes_nothing(settings, photos):
+    with Store(settings) as store:
+        ingestor, _ = _ingestor(settings, store)
+        ingestor.run(photos)
+        assert ingestor.run(photos, limit=2).removed == []
+        assert store.count() == 5
+
+
+def test_a_moved_or_renamed_file_keeps_its_vectors(settings, photos):
+    with Store(settings) as store:
+        ingestor, embedder = _ingestor(settings, store)
+        ingestor.run(photos)
+        before = embedder.image_calls
+        (photos / "warm" / "red.png").rename(photos / "cool" / "crimson.png")
+        report = ingestor.run(photos)
+        assert (report.moved, report.indexed, report.removed) == (1, 1, [])
+        assert embedder.image_calls == before  # nothing embedded again
+        (item,) = [it for it in store.iter_items() if it.origin.endswith("crimson.png")]
+        assert item.label == "cool" and item.description == "a red picture"
+        assert store.count() == 5
+
+
+def test_a_copy_reuses_the_vectors_and_keeps_the_original(settings, photos):
+    with Store(settings) as store:
+        ingestor, embedder = _ingestor(settings, store)
+        ingestor.run(photos)
+        before = embedder.image_calls
+        (photos / "copy.png").write_bytes((photos / "cool" / "blue.png").read_bytes())
+        report = ingestor.run(photos)
+        assert (report.moved, report.indexed) == (0, 1)
+        assert embedder.image_calls == before and store.count() == 6

@@ -58,10 +58,11 @@ def test_migration_from_the_first_layout_keeps_rows_and_vectors(settings):
         assert "file_size" not in old.get(["id7"])[0]
     with Store(settings) as store:
         meta = store.open(embedder="fake", dim=8, feature_dim=4)
-        assert meta["schema_version"] == SCHEMA_VERSION == 2
+        assert meta["schema_version"] == SCHEMA_VERSION
         assert store.count() == 2500
         (rec,) = store.get(["id7"], with_vectors=True)
         assert rec["file_size"] == 0 and rec["mtime_ns"] == 0 and rec["content_hash"] == "h7"
+        assert rec["taken_at"] == 0 and rec["has_gps"] is False and rec["place_city"] == ""
         np.testing.assert_allclose(rec[TEXT_FIELD], _row(7).text_embedding, rtol=1e-6)
         assert store.search(_row(9).image_embedding, field=IMAGE_FIELD, k=1)[0][0].id == "id9"
         assert not any("__v" in n for n in store.backend.client.collections)
@@ -80,6 +81,8 @@ def test_an_interrupted_migration_is_finished(settings):
 def test_upgrading_a_record_fills_added_fields():
     record = upgrade_record({"id": "x", "origin": "/a"}, from_version=1)
     assert record["file_size"] == 0 and record["mtime_ns"] == 0
+    assert record["taken_at"] == 0 and record["camera_model_key"] == ""
+    assert upgrade_record({"id": "y", "file_size": 5}, from_version=2)["file_size"] == 5
 
 
 def test_a_newer_layout_is_refused(settings):

@@ -40,9 +40,67 @@ async function call(url, options = {}) {
   return body;
 }
 
+// Filters: the controls' values as query parameters, and the chips of what a search
+// understood (from the controls, or read out of the query's words: "海边 2023年7月").
+const CONTROLS = { after: "#f-after", before: "#f-before", place: "#f-place",
+                   camera: "#f-camera", orientation: "#f-orientation" };
+
+function filterParams() {
+  const params = new URLSearchParams();
+  for (const [name, sel] of Object.entries(CONTROLS)) {
+    const value = $(sel).value.trim();
+    if (value) params.set(name, value);
+  }
+  params.set("sort", $("#f-sort").value);
+  if ($("#f-collapse").checked) params.set("collapse", "true");
+  return params;
+}
+
+function renderChips(filters) {
+  const chips = $("#chips");
+  chips.replaceChildren();
+  for (const { kind, text } of (filters && filters.understood) || []) {
+    const chip = document.createElement("span");
+    chip.className = "chip";
+    chip.dataset.kind = kind;
+    chip.textContent = `${kind}: ${text}`;
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.title = "Remove this filter";
+    remove.setAttribute("aria-label", `Remove ${kind} ${text}`);
+    remove.textContent = "×";
+    remove.addEventListener("click", () => removeFilter(kind, text));
+    chip.append(remove);
+    chips.append(chip);
+  }
+}
+
+// A chip read out of the query's words goes with those words; one set by a control
+// clears that control. Then the search runs again.
+function removeFilter(kind, text) {
+  if (q.value.includes(text)) q.value = q.value.replace(text, " ").replace(/\s+/g, " ").trim();
+  else if (CONTROLS[kind]) $(CONTROLS[kind]).value = "";
+  rerun();
+}
+
+function rerun() {
+  const text = q.value.trim();
+  const wantsImage = mode.value === "image2image" || mode.value === "image2text";
+  if (wantsImage && queryImage) guard(searchImage(queryImage));
+  else if (text) guard(searchText(text));
+  else guard(browse());
+}
+
+function when(hit) {
+  const date = hit.taken_at ? hit.taken_at.slice(0, 10) : "";
+  const place = hit.place ? [hit.place.city, hit.place.country].filter(Boolean).join(", ") : "";
+  return [date, place].filter(Boolean).join(" · ");
+}
+
 function render(data) {
   const textMode = data.mode === "text2text" || data.mode === "image2text";
   results.classList.toggle("text", textMode);
+  renderChips(data.filters);
   results.replaceChildren();
   if (!data.hits.length) {
     const p = document.createElement("p");
@@ -69,20 +127,72 @@ function render(data) {
     const desc = document.createElement("div");
     desc.className = "desc";
     desc.textContent = hit.description;
-    info.append(score, label, desc);
+    const taken = document.createElement("div");
+    taken.className = "when";
+    taken.textContent = when(hit);
+    info.append(score, label, desc, taken);
+    if (hit.copies) {
+      const copies = document.createElement("div");
+      copies.className = "copies";
+      copies.textContent = `+${hit.copies} duplicate${hit.copies > 1 ? "s" : ""}`;
+      info.append(copies);
+    }
     card.append(img, info);
     card.addEventListener("click", () => openViewer(hit));
     results.append(card);
   }
-  setStatus(`${data.hits.length} results · ${data.mode} · ${data.took_ms} ms`);
+  setStatus(`${data.hits.length} results · ${data.mode || "browse, newest first"} · ${data.took_ms} ms`);
 }
 
 async function searchText(text) {
   if (mode.value === "image2image" || mode.value === "image2text") mode.value = "text2image";
   preview.hidden = true;
   setStatus("Searching…");
-  const params = new URLSearchParams({ q: text, mode: mode.value, k: "24" });
+  const params = filterParams();
+  params.set("q", text);
+  params.set("mode", mode.value);
+  params.set("k", "24");
   render(await call(`${API}/search?${params}`));
+}
+
+async function browse() {
+  preview.hidden = true;
+  setStatus("Browsing…");
+  const params = filterParams();
+  params.set("k", "48");
+  render(await call(`${API}/browse?${params}`));
+}
+
+async function showDuplicates() {
+  preview.hidden = true;
+  setStatus("Looking for duplicates…");
+  const data = await call(`${API}/duplicates`);
+  renderChips(null);
+  results.classList.remove("text");
+  results.replaceChildren();
+  for (const group of data.groups) {
+    const box = document.createElement("section");
+    box.className = "group";
+    const title = document.createElement("h3");
+    title.textContent = `${group.items.length} copies · ${group.kind}`;
+    const members = document.createElement("div");
+    members.className = "members";
+    for (const item of group.items) {
+      const figure = document.createElement("figure");
+      const img = document.createElement("img");
+      img.loading = "lazy";
+      img.src = item.thumbnail_url;
+      img.alt = item.filename;
+      const caption = document.createElement("figcaption");
+      caption.textContent = `${item.filename} · ${item.width}×${item.height}`;
+      figure.append(img, caption);
+      members.append(figure);
+    }
+    box.append(title, members);
+    results.append(box);
+  }
+  if (!data.groups.length) complain("No duplicates found.");
+  else setStatus(`${data.groups.length} sets of duplicates`);
 }
 
 async function searchImage(blob) {
@@ -96,7 +206,7 @@ async function searchImage(blob) {
   body.append("file", blob, blob.name || "query.png");
   body.append("mode", mode.value);
   body.append("k", "24");
-  render(await call(`${API}/search/image`, { method: "POST", body }));
+  render(await call(`${API}/search/image?${filterParams()}`, { method: "POST", body }));
 }
 
 async function moreLikeThis(id) {
@@ -130,8 +240,15 @@ form.addEventListener("submit", (e) => {
   const text = q.value.trim();
   if (text) guard(searchText(text));
   else if (queryImage && (mode.value === "image2image" || mode.value === "image2text")) guard(searchImage(queryImage));
-  else complain("Type a query, or choose, drop or paste an image.");
+  else complain("Type a query, or choose, drop or paste an image (or Browse by filters).");
 });
+$("#filters").addEventListener("submit", (e) => { e.preventDefault(); rerun(); });
+$("#filters").addEventListener("change", (e) => { if (e.target.id !== "f-place" && e.target.id !== "f-camera") rerun(); });
+for (const sel of ["#f-place", "#f-camera"]) {
+  $(sel).addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); rerun(); } });
+}
+$("#browse").addEventListener("click", () => guard(browse()));
+$("#show-duplicates").addEventListener("click", () => guard(showDuplicates()));
 mode.addEventListener("change", () => {
   const wantsImage = mode.value === "image2image" || mode.value === "image2text";
   if (wantsImage && queryImage) guard(searchImage(queryImage));

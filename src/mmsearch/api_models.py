@@ -1,0 +1,148 @@
+"""The HTTP API's response models: the OpenAPI document they make is the API's contract."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from mmsearch import __version__
+from mmsearch.ingest import IngestReport
+from mmsearch.search import Mode
+from mmsearch.store import Hit, Item
+
+API = "/api/v1"
+
+
+class PlaceOut(BaseModel):
+    city: str
+    region: str
+    country: str
+    country_code: str
+    names_zh: str = Field(description="The same places' Chinese names, where known.")
+
+
+class ItemOut(BaseModel):
+    id: str
+    label: str
+    description: str
+    keywords: list[str]
+    width: int
+    height: int
+    indexed_at: int
+    filename: str = Field(description="The file's name (its folder is not disclosed).")
+    image_url: str
+    thumbnail_url: str
+    taken_at: str | None = Field(
+        None, description="When it was taken, wall-clock time where it was (ISO 8601)."
+    )
+    taken_at_source: str = Field("", description='"exif", "mtime" (file time) or "".')
+    utc_offset: str = ""
+    place: PlaceOut | None = None
+    latitude: float | None = None
+    longitude: float | None = None
+    camera: str = ""
+    file_format: str = ""
+
+    @classmethod
+    def of(cls, item: Item) -> ItemOut:
+        return cls(
+            id=item.id,
+            label=item.label,
+            description=item.description,
+            keywords=item.keywords,
+            width=item.width,
+            height=item.height,
+            indexed_at=item.indexed_at,
+            filename=Path(item.origin).name,
+            image_url=f"{API}/items/{item.id}/image",
+            thumbnail_url=f"{API}/items/{item.id}/thumbnail",
+            **_facts_out(item),
+        )
+
+
+def _facts_out(item: Item) -> dict[str, Any]:
+    seconds = int(item.fact("taken_at"))
+    gps = bool(item.fact("has_gps"))
+    place = None
+    if item.fact("place_country_code"):
+        place = PlaceOut(
+            city=item.fact("place_city"),
+            region=item.fact("place_region"),
+            country=item.fact("place_country"),
+            country_code=item.fact("place_country_code"),
+            names_zh=item.fact("place_zh"),
+        )
+    camera = " ".join(p for p in (item.fact("camera_make"), item.fact("camera_model")) if p)
+    return {
+        "taken_at": datetime.fromtimestamp(seconds, UTC).replace(tzinfo=None).isoformat()
+        if seconds
+        else None,
+        "taken_at_source": item.fact("taken_at_source"),
+        "utc_offset": item.fact("utc_offset"),
+        "place": place,
+        "latitude": float(item.fact("latitude")) if gps else None,
+        "longitude": float(item.fact("longitude")) if gps else None,
+        "camera": camera,
+        "file_format": item.fact("file_format"),
+    }
+
+
+class HitOut(ItemOut):
+    score: float
+
+    @classmethod
+    def of(cls, item: Item) -> HitOut:  # type: ignore[override]
+        assert isinstance(item, Hit)
+        return cls(**ItemOut.of(item).model_dump(), score=item.score)
+
+
+class SearchOut(BaseModel):
+    mode: Mode | None = Field(description="None when browsing by filters alone.")
+    query: str
+    text: str = Field("", description="The part of the query that was searched for.")
+    filters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The filters applied; `understood` lists each with the words it came "
+        "from (the page shows them as chips that can be removed).",
+    )
+    k: int
+    took_ms: float
+    hits: list[HitOut]
+
+
+class StatsOut(BaseModel):
+    count: int
+    collection: str
+    exists: bool
+    embedder: str | None = None
+    describer: str | None = None
+    dim: int | None = None
+    index_type: str | None = None
+    metric: str | None = None
+    indexing_enabled: bool
+    version: str = __version__
+
+
+class IndexOut(BaseModel):
+    total: int
+    indexed: int
+    unchanged: int
+    duplicates: int
+    moved: int
+    removed: list[str] = Field(description="Names of files gone from the folder.")
+    failed: list[dict[str, str]] = Field(description="File names (not folders) and reasons.")
+    seconds: float
+    images_per_second: float
+    stage_seconds: dict[str, float]
+
+    @classmethod
+    def of(cls, report: IngestReport) -> IndexOut:
+        return cls(**report.as_dict(full_paths=False))
+
+
+class FolderIn(BaseModel):
+    path: str = Field(description="A folder or CSV on the server.")
+    limit: int | None = Field(None, ge=1)

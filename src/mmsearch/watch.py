@@ -1,0 +1,193 @@
+"""Folders kept in sync: ``mmsearch watch DIR...`` and ``mmsearch serve --watch DIR``.
+
+On start each folder is indexed whole, which catches up on what changed while nothing
+watched it (unchanged files are skipped by size and time, gone ones removed, moved ones
+keep their vectors). Then ``watchfiles`` reports changes in debounced batches: added and
+modified image files are indexed once their size and time stop changing (a copy still in
+progress is not read half-written; its last write brings it back), a folder moved in is
+walked, and deleted files and folders lose their rows. Nothing is indexed twice: ids come
+from paths and unchanged files are skipped, so a watcher killed and restarted only catches
+up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmsearch.engine import MMSearch
+from mmsearch.images import IMAGE_SUFFIXES
+from mmsearch.ingest import IngestReport
+from mmsearch.sources import SourceItem, iter_folder, label_for
+
+log = logging.getLogger(__name__)
+
+#: How long a file's size and modification time must hold still before it is read.
+SETTLE_SECONDS = 0.5
+#: watchfiles groups changes that come within this many milliseconds of each other.
+DEBOUNCE_MS = 800
+#: Files indexed per turn of the lock while catching up.
+CATCH_UP_CHUNK = 256
+
+
+@dataclass
+class Change:
+    """What one batch of changes did to the index."""
+
+    indexed: IngestReport | None = None
+    removed: list[str] = field(default_factory=list)
+    deferred: list[str] = field(default_factory=list)  # still being written
+
+
+class FolderWatcher:
+    """Keeps the rows of ``folders`` in step with the files in them."""
+
+    def __init__(
+        self,
+        mm: MMSearch,
+        folders: Iterable[Path],
+        *,
+        lock: contextlib.AbstractContextManager | None = None,
+        follow_symlinks: bool = False,
+    ) -> None:
+        self.mm = mm
+        self.folders = [Path(f).expanduser().resolve() for f in folders]
+        self.lock = lock or threading.Lock()
+        self.follow_symlinks = follow_symlinks
+        self.ignored = [str(p) + os.sep for p in _own_folders(mm)]
+        for folder in self.folders:
+            if not folder.is_dir():
+                raise NotADirectoryError(f"{folder}: not a folder")
+
+    def catch_up(self) -> list[IngestReport]:
+        """Index every folder whole (what changed while nobody watched), a chunk of files
+        at a time under the lock, so that a server answering beside it is not held up."""
+        reports = []
+        for folder in self.folders:
+            items = list(iter_folder(folder, follow_symlinks=self.follow_symlinks))
+            report = IngestReport()
+            for start in range(0, len(items), CATCH_UP_CHUNK):
+                with self.lock:
+                    report.add(self.mm.index(items[start : start + CATCH_UP_CHUNK]))
+            listed = {str(item.path.resolve()) for item in items}
+            with self.lock:
+                stored = self.mm.store.ids_under(folder) if self.mm.store.exists() else {}
+                gone = {i: origin for i, origin in stored.items() if origin not in listed}
+                self.mm.store.delete(list(gone))
+            report.removed += sorted(gone.values())
+            reports.append(report)
+        return reports
+
+    def changes(self, stop: threading.Event | None = None) -> Iterator[set[tuple[int, str]]]:
+        """Batches of (watchfiles.Change, path) until ``stop`` is set."""
+        import watchfiles
+
+        yield from watchfiles.watch(
+            *self.folders,
+            watch_filter=self._relevant,
+            debounce=DEBOUNCE_MS,
+            stop_event=stop,
+            raise_interrupt=False,
+        )
+
+    def run(
+        self, stop: threading.Event | None = None, report: Callable[[Change], None] = lambda c: None
+    ) -> None:
+        """Catch up, then apply changes as they come, until ``stop`` is set."""
+        self.catch_up()
+        for batch in self.changes(stop):
+            try:
+                report(self.apply(batch))
+            except Exception:  # one bad batch must not end the watch
+                log.exception("could not apply %d changes; they are retried on restart", len(batch))
+
+    def apply(self, batch: set[tuple[int, str]]) -> Change:
+        """Index what was added or modified, remove what was deleted."""
+        import watchfiles
+
+        deleted = [p for kind, p in batch if kind == watchfiles.Change.deleted]
+        present = {p for kind, p in batch if kind != watchfiles.Change.deleted}
+        items, deferred = self._settled(self._files(present))
+        change = Change(deferred=deferred)
+        with self.lock:
+            # Added first: a file moved (deleted here, added there) keeps its vectors, as
+            # ingest finds its bytes still stored under the old path.
+            if items:
+                change.indexed = self.mm.index(items)
+            if deleted:
+                change.removed = self.mm.remove([p for p in deleted if not os.path.lexists(p)])
+        return change
+
+    def _files(self, paths: Iterable[str]) -> list[SourceItem]:
+        """The image files among ``paths``, with folders that appeared walked."""
+        items: dict[Path, SourceItem] = {}
+        for raw in paths:
+            path = Path(raw)
+            root = self._root_of(path)
+            if root is None:
+                continue
+            if path.is_dir():
+                for item in iter_folder(path, follow_symlinks=self.follow_symlinks):
+                    items[item.path] = SourceItem(
+                        item.path, label_for(item.path, root), item.refused
+                    )
+            elif path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+                items[path] = SourceItem(path, label_for(path, root))
+        return list(items.values())
+
+    def _root_of(self, path: Path) -> Path | None:
+        resolved = path.absolute()
+        return next((f for f in self.folders if resolved.is_relative_to(f)), None)
+
+    @staticmethod
+    def _settled(items: list[SourceItem]) -> tuple[list[SourceItem], list[str]]:
+        """Items whose files held still for SETTLE_SECONDS, and the paths still moving."""
+        before = {item.path: _stat(item.path) for item in items}
+        if items:
+            time.sleep(SETTLE_SECONDS)
+        ready, moving = [], []
+        for item in items:
+            now = _stat(item.path)
+            if now is not None and now == before[item.path]:
+                ready.append(item)
+            elif now is not None:
+                moving.append(str(item.path))
+        return ready, moving
+
+    def _relevant(self, change: int, path: str) -> bool:
+        """Image files, and folders (which can only be told by what happened to them);
+        never mmsearch's own data (an embedded server's folder inside a watched one)."""
+        import watchfiles
+
+        if any(path.startswith(ignored) for ignored in self.ignored):
+            return False
+        if not watchfiles.DefaultFilter()(change, path):  # .git, __pycache__, editors' files
+            return False
+        if os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES:
+            return True
+        return change == watchfiles.Change.deleted or os.path.isdir(path)
+
+
+def _own_folders(mm: MMSearch) -> list[Path]:
+    """Folders where mmsearch itself writes: the embedded server's data, caches, uploads."""
+    settings = mm.settings
+    folders = [settings.cache_dir, settings.upload_dir]
+    if settings.is_embedded:
+        from mmsearch import embedded
+
+        folders.append(embedded.base_dir_of(settings.uri))
+    return [Path(f).expanduser().resolve() for f in folders]
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
