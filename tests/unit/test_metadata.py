@@ -4,7 +4,6 @@ JPEG, PNG, WebP and AVIF written with Pillow, HEIC from a fixture made once with
 
 from __future__ import annotations
 
-import base64
 import io
 import os
 import time
@@ -12,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from PIL import Image
-from PIL.ExifTags import GPS, IFD, Base
+from PIL.ExifTags import GPS, Base
 from PIL.TiffImagePlugin import IFDRational as R
 
 from mmsearch.images import (
@@ -25,59 +24,9 @@ from mmsearch.images import (
 )
 from mmsearch.metadata import PhotoFacts, read_facts
 
+from ..photos import HEIC, exif
+
 LIMIT = 89_478_485
-#: 64x32 stored, orientation 6 (viewed 32x64, red on top), 2024-05-01 09:15:30.25 +08:00,
-#: Apple iPhone 15 Pro, West Lake (30°14'30.5"N 120°9'E). See tools/heic_fixture.py.
-HEIC = base64.b64decode(
-    "AAAAHGZ0eXBoZWljAAAAAG1pZjFoZWljbWlhZgAAAchtZXRhAAAAAAAAACFoZGxyAAAAAAAAAABwaWN0AAAAAAAA"
-    "AAAAAAAAAAAAADRpbG9jAAAAAERAAAIAAQAAAAAB7AABAAAAAAAAACYAAgAAAAACEgABAAAAAAAAARQAAAA4aWlu"
-    "ZgAAAAAAAgAAABVpbmZlAgAAAAABAABodmMxAAAAABVpbmZlAgAAAQACAABFeGlmAAAAAA5waXRtAAAAAAABAAAB"
-    "B2lwcnAAAADmaXBjbwAAAHZodmNDAQNwAAAAkAAAAAAAHvAA/P34+AAADwNgAAEAGEABDAH//wNwAAADAJAAAAMA"
-    "AAMAHroCQGEAAQAqQgEBA3AAAAMAkAAAAwAAAwAeoCCBBZbq5Ka5uAhoMCAAAAMDIAAAAwAhYgABAAZEAcFzwIkA"
-    "AAATY29scm5jbHgAAQANAAaAAAAAFGlzcGUAAAAAAAAAQAAAAEAAAAAoY2xhcAAAAEAAAAABAAAAIAAAAAEAAAAA"
-    "AAAAAv///+AAAAACAAAAEHBpeGkAAAAAAwgICAAAAAlpcm90AwAAABlpcG1hAAAAAAAAAAEAAQaBAgMFhIYAAAAa"
-    "aXJlZgAAAAAAAAAOY2RzYwACAAEAAQAAAUJtZGF0AAAAIigBrxmA94SFN//iMr/mIF/ron7/3Brr61Qv+Ge3b/n+"
-    "TGYAAAAGRXhpZgAATU0AKgAAAAgABQEPAAIAAAAGAAAASgEQAAIAAAAOAAAAUAESAAMAAAABAAYAAIdpAAQAAAAB"
-    "AAAAXoglAAQAAAABAAAApAAAAABBcHBsZQBpUGhvbmUgMTUgUHJvAAADkAMAAgAAABQAAACIkBEAAgAAAAcAAACc"
-    "kpEAAgAAAAMyNQAAAAAAADIwMjQ6MDU6MDEgMDk6MTU6MzAAKzA4OjAwAAAABAABAAIAAAACTgAAAAACAAUAAAAD"
-    "AAAA2gADAAIAAAACRQAAAAAEAAUAAAADAAAA8gAAAAAAAAAeAAAAAQAAAA4AAAABAAAAPQAAAAIAAAB4AAAAAQAA"
-    "AAkAAAABAAAAAAAAAAE="
-)
-
-
-def _exif(
-    *,
-    date: object = "2023:07:14 18:30:05",
-    subsec: object = "42",
-    offset: object = "+02:00",
-    gps: dict[int, object] | None = None,
-    make: object = "Apple",
-    model: object = "iPhone 15 Pro",
-    orientation: int = 6,
-) -> Image.Exif:
-    """EXIF as a phone writes it; any value may be replaced by garbage (None leaves it out)."""
-    ex = Image.Exif()
-    ex[Base.Orientation] = orientation
-    for tag, value in ((Base.Make, make), (Base.Model, model)):
-        if value is not None:
-            ex[tag] = value
-    main = ex.get_ifd(IFD.Exif)
-    for tag, value in (
-        (Base.DateTimeOriginal, date),
-        (Base.SubsecTimeOriginal, subsec),
-        (Base.OffsetTimeOriginal, offset),
-    ):
-        if value is not None:
-            main[tag] = value
-    if gps is None:  # the Eiffel Tower: 48°51'29.64"N 2°17'40.56"E
-        gps = {
-            GPS.GPSLatitudeRef: "N",
-            GPS.GPSLatitude: (R(48), R(51), R(2964, 100)),
-            GPS.GPSLongitudeRef: "E",
-            GPS.GPSLongitude: (R(2), R(17), R(4056, 100)),
-        }
-    ex.get_ifd(IFD.GPSInfo).update(gps)
-    return ex
 
 
 def _photo(fmt: str, exif: Image.Exif | None = None, mode: str = "RGB") -> bytes:
@@ -103,7 +52,7 @@ def _is_red(pixel: tuple[int, int, int]) -> bool:
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "AVIF", "HEIF"])
 def test_every_format_is_decoded_upright_with_its_facts(fmt):
-    data = HEIC if fmt == "HEIF" else _photo(fmt, _exif())
+    data = HEIC if fmt == "HEIF" else _photo(fmt, exif())
     photo = decode_photo(data, max_pixels=LIMIT)
     assert photo.image.mode == "RGB" and photo.image.size == (32, 64)
     assert (photo.width, photo.height) == (32, 64)  # as viewed
@@ -203,26 +152,26 @@ def test_load_image_dates_a_photo_without_exif_by_its_mtime(tmp_path):
     ],
 )
 def test_garbage_dates_fall_back_to_the_mtime(garbage):
-    facts = _facts(_exif(date=garbage), mtime=1_700_000_000)
+    facts = _facts(exif(date=garbage), mtime=1_700_000_000)
     assert facts.taken_at_source == "mtime"
     assert facts.taken_at == datetime.fromtimestamp(1_700_000_000)
     assert facts.camera_make == "Apple"  # the other facts survive
 
 
 def test_no_date_and_no_mtime_is_none():
-    facts = _facts(_exif(date=None))
+    facts = _facts(exif(date=None))
     assert facts.taken_at is None and facts.taken_at_source is None
 
 
 def test_date_variants_seen_in_the_wild():
-    assert _facts(_exif(date="2023-07-14 18:30")).taken_at == datetime(
+    assert _facts(exif(date="2023-07-14 18:30")).taken_at == datetime(
         2023, 7, 14, 18, 30, 0, 420000
     )
-    assert _facts(_exif(date="2023:07:14 18:30:05\x00 ")).taken_at.second == 5
+    assert _facts(exif(date="2023:07:14 18:30:05\x00 ")).taken_at.second == 5
 
 
 def test_fallback_to_datetime_when_the_original_date_is_garbage():
-    ex = _exif(date="0000:00:00 00:00:00", offset=None)
+    ex = exif(date="0000:00:00 00:00:00", offset=None)
     ex[Base.DateTime] = "2022:01:02 03:04:05"
     facts = _facts(ex)
     assert facts.taken_at == datetime(2022, 1, 2, 3, 4, 5) and facts.taken_at_source == "exif"
@@ -233,12 +182,12 @@ def test_fallback_to_datetime_when_the_original_date_is_garbage():
     [("+02:00", 120), ("-05:30", -330), ("+0545", 345), ("+25:00", None), ("junk", None)],
 )
 def test_utc_offsets(offset, minutes):
-    assert _facts(_exif(offset=offset, gps={})).utc_offset_minutes == minutes
+    assert _facts(exif(offset=offset, gps={})).utc_offset_minutes == minutes
 
 
 @pytest.mark.parametrize(("subsec", "micros"), [("5", 500000), ("123456789", 123456), ("ab", 0)])
 def test_subseconds(subsec, micros):
-    assert _facts(_exif(subsec=subsec)).taken_at.microsecond == micros
+    assert _facts(exif(subsec=subsec)).taken_at.microsecond == micros
 
 
 def test_offset_from_the_gps_clock_when_none_is_written():
@@ -250,7 +199,7 @@ def test_offset_from_the_gps_clock_when_none_is_written():
         GPS.GPSDateStamp: "2023:07:14",
         GPS.GPSTimeStamp: (R(9), R(30), R(4)),  # 18:30:05 in Tokyo is 09:30:05 UTC
     }
-    facts = _facts(_exif(offset=None, gps=gps))
+    facts = _facts(exif(offset=None, gps=gps))
     assert facts.utc_offset_minutes == 540
     assert facts.taken_at_utc == datetime(2023, 7, 14, 9, 30, 5, 420000, tzinfo=UTC)
 
@@ -281,7 +230,7 @@ def _gps(lat: object, lat_ref: object, lon: object, lon_ref: object) -> dict[int
 
 def test_south_and_west_are_negative():
     gps = _gps((R(33), R(52), R(0)), "S", (R(151), R(12), R(36)), "W")
-    facts = _facts(_exif(gps=gps))
+    facts = _facts(exif(gps=gps))
     assert facts.latitude == pytest.approx(-33.86667) and facts.longitude == pytest.approx(-151.21)
 
 
@@ -297,14 +246,14 @@ def test_south_and_west_are_negative():
     ],
 )
 def test_broken_gps_is_none(gps):
-    facts = _facts(_exif(gps=gps))
+    facts = _facts(exif(gps=gps))
     assert facts.latitude is None and facts.longitude is None
     assert facts.taken_at is not None  # the rest is still read
 
 
 def test_void_gps_status_is_ignored():
     gps = _gps((R(48), R(51), R(0)), "N", (R(2), R(17), R(0)), "E") | {GPS.GPSStatus: "V"}
-    assert not _facts(_exif(gps=gps)).has_gps
+    assert not _facts(exif(gps=gps)).has_gps
 
 
 # -- cameras -------------------------------------------------------------------------------
@@ -325,7 +274,7 @@ def test_void_gps_status_is_ignored():
     ],
 )
 def test_camera_names_are_cleaned(make, model, clean):
-    facts = _facts(_exif(make=make, model=model))
+    facts = _facts(exif(make=make, model=model))
     assert (facts.camera_make, facts.camera_model) == clean
 
 
@@ -342,7 +291,7 @@ def test_unreadable_exif_never_raises():
 
 @pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
 def test_truncated_exif_block_never_raises():
-    data = _photo("JPEG", _exif())
+    data = _photo("JPEG", exif())
     at = data.find(b"Exif\x00\x00")
     broken = data[: at + 6] + b"MM\x00\x2a\x00\x00\xff\xff" + data[at + 14 :]
     photo = decode_photo(broken, max_pixels=LIMIT, mtime=1_700_000_000)
