@@ -100,3 +100,15 @@ def test_demo_runs_the_four_searches(runner):
         assert mode in res.stdout
     assert "15 indexed" in res.stdout
     assert "chelsea" in res.stdout
+    # Searches the sample can answer come first; the reference query is explained.
+    assert "text2image: 一只猫" in res.stdout and "hold no dog" in res.stdout
+
+
+def test_eval_uses_the_configured_store_and_names_its_collections(runner, photos, tmp_path):
+    res = runner.invoke(app, ["eval", str(photos), "--json"])
+    assert res.exit_code == 0, res.output
+    ingest = json.loads(res.stdout)["ingest"]
+    assert ingest[str(photos)]["collection"] == "mmsearch"
+    assert (tmp_path / "cli.db").exists()  # MMSEARCH_URI, not a throwaway file
+    stats = runner.invoke(app, ["stats", "--json"])
+    assert json.loads(stats.stdout)["count"] == 3

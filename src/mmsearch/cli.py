@@ -93,8 +93,9 @@ def main(
 
 @contextlib.contextmanager
 def _scratch_uri(name: str) -> Iterator[dict[str, Any]]:
-    """A throwaway Milvus Lite file for demo and eval, unless the user gave --uri."""
-    if _State.overrides.get("uri") is not None:
+    """A throwaway Milvus Lite file for demo and eval, unless the user chose a store (--uri,
+    MMSEARCH_URI or mmsearch.toml)."""
+    if "uri" in _settings().model_fields_set:
         yield {}
         return
     with tempfile.TemporaryDirectory(prefix=f"mmsearch-{name}-") as tmp:
@@ -504,16 +505,26 @@ def demo(
             report = _run_index(mm, source, None, quiet=False)
             _print_report(report)
             q_image = query_image or demo_module.default_query_image(data)
-            for mode, query in (
-                (Mode.text2image, text),
-                (Mode.text2text, text),
-                (Mode.image2image, q_image),
-                (Mode.image2text, q_image),
-            ):
-                hits = mm.search(query, mode=mode, k=k)
-                console.print(_hits_table(hits, f"{mode.value}: {query}"))
+            _demo_searches(mm, text, q_image, k, sample=data is None)
     except _USER_ERRORS as exc:
         _fail(exc)
+
+
+def _demo_searches(mm: MMSearch, text: str, image: Path, k: int, *, sample: bool) -> None:
+    """Searches the sample photos can answer, then the reference's four searches."""
+    searches: list[tuple[Mode, Any]] = []
+    if sample:
+        searches += [(Mode.text2image, q) for q in demo_module.SAMPLE_QUERIES]
+    searches += [(Mode.text2image, text), (Mode.text2text, text)]
+    searches += [(Mode.image2image, image), (Mode.image2text, image)]
+    for mode, query in searches:
+        hits = mm.search(query, mode=mode, k=k)
+        console.print(_hits_table(hits, f"{mode.value}: {query}"))
+        if sample and query == text == "棕色的狗" and mode is Mode.text2text:
+            console.print(
+                "[dim]The sample photos hold no dog: 棕色的狗 (brown dog) shows the nearest "
+                "they have. Index ../shared/datasets/reverse_image_search to see dogs.[/]"
+            )
 
 
 @app.command("eval")
@@ -535,7 +546,8 @@ def eval_command(
 ) -> None:
     """Index labelled data and report recall@1/5/10 and MRR for each mode it allows.
 
-    Uses a throwaway database unless --uri is given.
+    Uses a throwaway database unless a store is configured (--uri, MMSEARCH_URI or
+    mmsearch.toml); captions then go to the collection <collection>_captions.
     """
     from mmsearch import eval as ev
 
@@ -568,7 +580,8 @@ def _eval_labels(
 
     with MMSearch(settings=settings) as mm:
         items = ev.list_items(data)
-        ingest[str(data)] = _run_index(mm, items, None, quiet=quiet).as_dict()
+        report = _run_index(mm, items, None, quiet=quiet)
+        ingest[str(data)] = {**report.as_dict(), "collection": settings.collection}
         query_items = ev.list_items(queries) if queries else None
         return ev.evaluate_labels(mm, items, query_items, k=k)
 
@@ -576,7 +589,8 @@ def _eval_labels(
 def _eval_captions(
     settings: Settings, captions: Path, images: Path | None, k: int, ingest: dict, *, quiet: bool
 ) -> list[Any]:
-    """In a collection of its own: the captioned images are the whole search space."""
+    """In a collection of its own, ``<collection>_captions`` (the captioned images are the
+    whole search space); the output names it, as it stays when --uri is given."""
     from mmsearch import eval as ev
 
     own = settings.model_copy(update={"collection": f"{settings.collection}_captions"})
@@ -584,7 +598,8 @@ def _eval_captions(
         rows = ev.read_captions(captions)
         folder = images or captions.parent / "images"
         items = [SourceItem(folder / name) for name in sorted({r[0] for r in rows})]
-        ingest[str(captions)] = _run_index(mm, items, None, quiet=quiet).as_dict()
+        report = _run_index(mm, items, None, quiet=quiet)
+        ingest[str(captions)] = {**report.as_dict(), "collection": own.collection}
         return ev.evaluate_captions(mm, rows, folder, k=k)
 
 
@@ -598,7 +613,8 @@ def _print_scores(scores: list[Any], ingest: dict[str, Any]) -> None:
     console.print(table)
     for source, rep in ingest.items():
         console.print(
-            f"ingest {source}: {rep['indexed']} images, {rep['images_per_second']} images/s"
+            f"ingest {source}: {rep['indexed']} images, {rep['images_per_second']} images/s, "
+            f"collection {rep['collection']!r}"
         )
 
 

@@ -26,6 +26,10 @@ SAMPLE_PHOTOS = (
 )
 
 
+#: Text searches the sample photos can answer (the reference's 棕色的狗 finds no dog there).
+SAMPLE_QUERIES = ("一只猫", "a cup of coffee", "宇航员", "a rocket on the launch pad")
+
+
 def _skimage_data_dir() -> Path:
     import skimage
 
