@@ -10,12 +10,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import httpx
 import pytest
 
 from mmsearch import MMSearch, Settings
+
+from .photos import taken_photo
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 REVERSE = DATASETS / "reverse_image_search"
@@ -76,6 +79,25 @@ def reverse_index(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path):
     mm.close()
 
 
+IMAGENET = DATASETS / "imagenet_sample" / "images"
+#: A trip's photos: (imagenet_sample file, where, when) -> EXIF written by ``trip_photos``.
+TRIP = [
+    ("n02099601_golden_retriever.JPEG", (48.8584, 2.2945), datetime(2023, 7, 14, 18, 30)),
+    ("n02088364_beagle.JPEG", (48.8606, 2.3376), datetime(2023, 7, 15, 10, 5)),
+    ("n03877845_palace.JPEG", (48.8049, 2.1204), datetime(2023, 7, 16, 11, 0)),
+    ("n07873807_pizza.JPEG", (48.8530, 2.3499), datetime(2023, 7, 16, 20, 15)),
+    ("n02123045_tabby.JPEG", (35.6586, 139.7454), datetime(2019, 4, 2, 9, 0)),
+    ("n02980441_castle.JPEG", (35.6852, 139.7528), datetime(2019, 4, 3, 14, 30)),
+]
+
+
+def trip_photos(folder: Path) -> Path:
+    """``TRIP`` written into ``folder`` with the EXIF a phone would have given them."""
+    for name, position, taken in TRIP:
+        taken_photo(IMAGENET / name, folder / name, taken=taken, position=position)
+    return folder
+
+
 def reverse_labels() -> dict[str, str]:
     """origin path (resolved) -> label, from the reference CSV."""
     with REVERSE_CSV.open() as fh:
@@ -90,8 +112,9 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def server(request, tmp_path_factory, cache_dir):
-    """`mmsearch serve` in a subprocess on loopback over the 100 reference images, on the
-    default store."""
+    """`mmsearch serve` in a subprocess on loopback over the 100 reference images and a
+    trip's photos with EXIF (``TRIP``: where and when they were taken), on the default
+    store."""
     root = tmp_path_factory.mktemp("e2e")
     from mmsearch import embedded
 
@@ -103,6 +126,7 @@ def server(request, tmp_path_factory, cache_dir):
         uri = str(root / "web.db")
     with MMSearch(settings=Settings(uri=uri, collection="web", cache_dir=cache_dir)) as mm:
         assert mm.index(REVERSE_CSV).indexed == 100
+        assert mm.index(trip_photos(root / "trip")).indexed == len(TRIP)
     env = {"MMSEARCH_URI": uri, "MMSEARCH_COLLECTION": "web", "MMSEARCH_CACHE_DIR": str(cache_dir)}
     with serving(env, root) as (base, _):
         yield base

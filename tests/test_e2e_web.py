@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import LION
+from .conftest import LION, TRIP
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
@@ -58,7 +58,7 @@ def test_search_upload_and_more_like_this_in_a_browser(server, shots, tmp_path):
         )
         page = browser.new_page(viewport={"width": 1280, "height": 860})
         page.goto(server)
-        page.wait_for_selector("#status:has-text('100 images indexed')")
+        page.wait_for_selector(f"#status:has-text('{100 + len(TRIP)} images indexed')")
 
         # 1. Type 狮子: a lion is among the results.
         page.fill("#q", "狮子")
@@ -97,6 +97,23 @@ def test_search_upload_and_more_like_this_in_a_browser(server, shots, tmp_path):
         assert page.locator(".card").count() > 1
         _thumbnails_loaded(page)
         page.screenshot(path=str(shots / "4-more-like-this.png"))
+
+        # 5. A query that names a place and a time: only the trip's Paris photos, with the
+        # filters it understood as chips; removing the date chip keeps the place.
+        page.fill("#q", "dog 巴黎 2023年7月")
+        page.press("#q", "Enter")
+        page.wait_for_selector(".chip[data-kind='date']")
+        chips = page.locator(".chip").all_inner_texts()
+        assert any("巴黎" in c for c in chips) and any("2023年7月" in c for c in chips), chips
+        cards = page.locator(".card .when").all_inner_texts()
+        assert cards and all("2023-07" in c and "Paris" in c for c in cards), cards
+        assert page.locator(".card .label").first.inner_text() == "trip"
+        _thumbnails_loaded(page, len(cards))
+        page.screenshot(path=str(shots / "5-place-and-date.png"))
+        page.click(".chip[data-kind='date'] button")
+        page.wait_for_function("() => !document.querySelector(\".chip[data-kind='date']\")")
+        page.wait_for_selector(".chip[data-kind='place']")
+        assert page.input_value("#q") == "dog 巴黎"
 
         # Errors are shown, not swallowed. Switching the mode back re-runs the
         # typed query (狮子); its answer arrives after the error and must not hide it.
