@@ -2,29 +2,27 @@
 
 ``Settings()`` as shipped (``embedded:DIR``, HNSW with the default parameters), a collection
 with the real schema (all three vector fields, side collections on Milvus 2.3) filled with
-N synthetic rows shaped like the offline provider's, then real queries through
-``Searcher.search`` with the real offline models:
+N items made from the offline provider's real vectors (``common.mixed``: mixes of two of
+the 1,866 data-set images' stored vectors, with their real descriptions), then real queries
+through ``Searcher.search`` with the real offline models:
 
-- text queries (English and Chinese class names and short phrases) in text2image and
-  text2text: latency end to end (embedding + search), and recall@10 of the search against
-  exact numpy search over the same field with the same query vector;
-- image queries (held-out synthetic items, by vector) in image2image: search latency and
-  recall@10;
-- cold start: a fresh process that attaches to the running server and answers one query;
-  and the first query after a server restart.
+- text queries (English and Chinese class names, English and Chinese flickr8k captions) in
+  text2image and text2text, and the 100 reference test images in image2image: latency end
+  to end (model + search), the Milvus call alone, and recall@10 of the search against exact
+  numpy search over the same field with the same query vector;
+- cold start: a fresh process that attaches to the running server and answers one text
+  query; and the same after a server restart (starting the server included).
 
-    python bench/default_store.py --n 100000      # ~10 min on 2 cores
+    python bench/default_store.py --n 100000      # ~15 min on 2 cores
 
 Writes ``bench/results/default-store-<time>.json`` and ``default-store-latest.json``.
-Synthetic rows come from ``bench/search.py``'s generator (real e5 class prototypes mixed as
-the classifier's top-10 probabilities); ``image_feature`` is the matching 1000-d probability
-vector, L2-normalised, as the offline embedder stores it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,123 +32,21 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import search as sb  # noqa: E402 - bench/search.py: data generator, machine info, percentiles
+import common  # noqa: E402 - bench/common.py
 
-from mmsearch import Settings, embedded  # noqa: E402
+from mmsearch import embedded  # noqa: E402
+from mmsearch.images import load_image  # noqa: E402
 from mmsearch.providers import get_embedder  # noqa: E402
 from mmsearch.search import Mode, Searcher  # noqa: E402
-from mmsearch.store import FEATURE_FIELD, IMAGE_FIELD, TEXT_FIELD, Item, Row, Store  # noqa: E402
+from mmsearch.store import FEATURE_FIELD, IMAGE_FIELD, TEXT_FIELD, Store  # noqa: E402
 
-K = 10
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def real_vectors(settings: Settings, cache: Path) -> dict[str, np.ndarray]:
-    """The real embedder's vectors for every image in ../shared/datasets (cached)."""
-    from mmsearch.images import load_image
-    from mmsearch.providers import get_describer
-
-    embedder = get_embedder(settings)
-    path = cache / f"real-{embedder.name}.npz"
-    if path.exists():
-        return dict(np.load(path))
-    describer = get_describer(settings)
-    files = sorted((DATASETS / "imagenet_sample" / "images").glob("*"))
-    files += sorted((DATASETS / "flickr8k_cn" / "images").glob("*"))
-    out: dict[str, list[np.ndarray]] = {"image": [], "text": [], "feature": []}
-    for s in range(0, len(files), 32):
-        images = [
-            load_image(f, max_pixels=settings.max_image_pixels).image for f in files[s : s + 32]
-        ]
-        vec = embedder.embed_images(images)
-        texts = [d.text for d in describer.describe(images)]
-        out["image"].append(vec.shared)
-        out["feature"].append(vec.features)
-        out["text"].append(embedder.embed_texts(texts, query=False))
-        print(f"[real] {s + len(images)}/{len(files)}", flush=True)
-    arrays = {k: np.concatenate(v).astype(np.float32) for k, v in out.items()}
-    cache.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **arrays)
-    return arrays
-
-
-def make_rows(n: int, real: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
-    """n items, each a mix a*x_i + (1-a)*x_j of two real images' vectors (a in [0.6, 1]),
-    the same mix in every field: convex mixes stay where the embedder's outputs live, and
-    many near-duplicates make the collection as clustered as real photo libraries."""
-    rng = np.random.default_rng(seed)
-    m = len(real["image"])
-    i, j = rng.integers(0, m, n), rng.integers(0, m, n)
-    a = rng.uniform(0.6, 1.0, n).astype(np.float32)[:, None]
-    rows = {k: sb.l2n(a * v[i] + (1 - a) * v[j]) for k, v in real.items()}
-    rows["labels"] = i
-    return rows
-
-
-def fill(store: Store, data: dict[str, np.ndarray], batch: int = 1000) -> dict:
-    n = len(data["image"])
-    t0 = time.perf_counter()
-    for s in range(0, n, batch):
-        rows = []
-        for i in range(s, min(n, s + batch)):
-            base = int(data["labels"][i])
-            item = Item(
-                id=f"img{i:08d}",
-                origin=f"/photos/{i % 97:02d}/IMG_{i:07d}.jpg",
-                label=f"real{base}",
-                description=f"synthetic item mixing real image {base}",
-                keywords=["synthetic"],
-                content_hash=f"{i:064x}",
-                width=640,
-                height=480,
-                indexed_at=1_700_000_000 + i,
-            )
-            rows.append(Row(item, data["image"][i], data["text"][i], data["feature"][i]))
-        store.upsert(rows)
-    insert_s = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    store.flush()
-    flush_s = time.perf_counter() - t1
-    # Wait until every field's index covers every row (a growing segment is searched by
-    # brute force, which is not what a user sees once the index is built).
-    t2 = time.perf_counter()
-    client = store.client
-    for field in (IMAGE_FIELD, TEXT_FIELD, FEATURE_FIELD):
-        name = store._collection_of(field)
-        while True:
-            info = client.describe_index(name, field)
-            if int(info.get("indexed_rows", 0)) >= n and not int(info.get("pending_index_rows", 0)):
-                break
-            time.sleep(1)
-    return {
-        "insert_rows_per_s": round(n / insert_s, 1),
-        "insert_s": round(insert_s, 1),
-        "flush_s": round(flush_s, 1),
-        "index_wait_s": round(time.perf_counter() - t2, 1),
-    }
-
-
-def recall_at_k(got: list[list[str]], exact: np.ndarray, scores: np.ndarray, got_scores) -> dict:
-    """recall@10 by ids, and counting score ties with the exact 10th as hits."""
-    ids, ties = [], []
-    for g, ex, sc, gs in zip(got, exact, scores, got_scores, strict=True):
-        want = {f"img{int(i):08d}" for i in ex}
-        ids.append(len(want & set(g)) / K)
-        ties.append(min(K, sum(1 for s in gs if s >= sc[-1] - 1e-5)) / K)
-    return {
-        "recall_ids": round(float(np.mean(ids)), 4),
-        "recall_ties": round(float(np.mean(ties)), 4),
-    }
-
-
-def exact(matrix: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return sb.exact_topk(matrix, queries.astype(np.float32), K)
+K = common.K
+IDLE_TIMEOUT = 300.0  # a server left by a crashed run stops itself
 
 
 def run_mode(searcher: Searcher, mode: Mode, queries: list, data: dict) -> dict:
     """Each query through Searcher.search, timed end to end (embedding included); the
-    vector and field it searched, and the raw hits, are captured for recall."""
+    vector and field it searched, and the hits, are captured for recall."""
     captured: list[tuple[np.ndarray, str, list]] = []
     store_s: list[float] = []
     inner = searcher.store.search
@@ -180,48 +76,38 @@ def run_mode(searcher: Searcher, mode: Mode, queries: list, data: dict) -> dict:
     field = fields.pop()
     matrix = {IMAGE_FIELD: data["image"], TEXT_FIELD: data["text"], FEATURE_FIELD: data["feature"]}
     qv = np.concatenate([v for v, _, _ in captured])
-    ex_i, ex_s = exact(matrix[field], qv)
-    got = [[h.id for h in hits[0]] for _, _, hits in captured]
+    ex_i, ex_s = common.exact_topk(matrix[field], qv)
+    got = [[common.row_number(h.id) for h in hits[0]] for _, _, hits in captured]
     got_scores = [[h.score for h in hits[0]] for _, _, hits in captured]
-    return {
+    out = {
         "mode": mode.value,
         "field": field,
         "dim": int(qv.shape[1]),
         "queries": len(queries),
-        "latency": sb.pct(lat),
-        "store_search": sb.pct(store_s),  # the Milvus call alone; the rest is the models
-        **recall_at_k(got, ex_i, ex_s, got_scores),
+        "latency": common.pct(lat),
+        "store_search": common.pct(store_s),  # the Milvus call alone; the rest is the models
+        **common.recall(got, got_scores, ex_i, ex_s),
     }
+    print(json.dumps(out), flush=True)
+    return out
 
 
-def text_queries(n: int, seed: int) -> list[str]:
-    """Class names in English and Chinese, and flickr8k captions in both languages."""
-    import csv
-
-    from mmsearch.providers.offline import load_classes
-
-    rng = np.random.default_rng(seed)
-    classes = load_classes()
-    picks = rng.choice(len(classes), n // 2, replace=False)
-    names = [
-        classes[int(c)].en_name if k % 2 else classes[int(c)].zh_name for k, c in enumerate(picks)
-    ]
-    with open(DATASETS / "flickr8k_cn" / "captions.tsv", encoding="utf-8") as fh:
-        caps = [r["caption"] for r in csv.DictReader(fh, delimiter="\t")]
-    captions = [caps[int(i)] for i in rng.choice(len(caps), n - len(names), replace=False)]
-    return names + captions
-
-
-def cold_start(uri: str, collection: str, cache_dir: str) -> float:
-    settings = f"uri={uri!r}, collection={collection!r}, cache_dir={cache_dir!r}"
+def cold_start(uri: str) -> dict:
+    """A fresh interpreter: seconds to import mmsearch, to open the collection (the
+    ``Searcher``: connect, load), and to its first answer to a text query (models loaded)."""
     code = (
         "import time; t=time.perf_counter();"
-        "from mmsearch import MMSearch, Settings;"
-        f"mm=MMSearch(settings=Settings({settings}));"
-        "mm.search('lion', k=10); print(time.perf_counter()-t)"
+        "from mmsearch import MMSearch, Settings; t1=time.perf_counter();"
+        f"mm=MMSearch(settings=Settings(uri={uri!r}, collection='bench', provider='offline',"
+        f" embedded_idle_timeout={IDLE_TIMEOUT})); mm.searcher; t2=time.perf_counter();"
+        "mm.search('lion', k=10); t3=time.perf_counter(); mm.close();"
+        "print(round(t1-t, 2), round(t2-t1, 2), round(t3-t2, 2), round(t3-t, 2))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return round(float(out.stdout.strip().splitlines()[-1]), 2)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"cold-start process failed:\n{out.stderr[-3000:]}")
+    parts = [float(x) for x in out.stdout.strip().splitlines()[-1].split()]
+    return dict(zip(("import_s", "open_s", "first_search_s", "total_s"), parts, strict=True))
 
 
 def main() -> None:
@@ -229,79 +115,78 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--n", type=int, default=100_000)
-    ap.add_argument("--queries", type=int, default=200, help="per mode")
+    ap.add_argument("--queries", type=int, default=200, help="text queries per text mode")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out-name", default="default-store")
-    ap.add_argument("--cache", default="/tmp/mmsearch-bench-cache", help="real-image vectors")
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/bench-cache"), help="real vectors")
     args = ap.parse_args()
+    if not embedded.available():
+        raise SystemExit("the default store needs the 'milvus' package (Linux x86_64)")
 
-    work = Path(tempfile.mkdtemp(prefix="mmsearch-bench-"))
-    defaults = Settings()
-    settings = defaults.model_copy(
-        update={"uri": f"embedded:{work / 'milvus'}", "collection": "bench"}
+    work = Path(tempfile.mkdtemp(prefix="bench-default-store-", dir="/tmp"))
+    shipped = common.offline_settings()
+    settings = shipped.model_copy(
+        update={
+            "uri": f"embedded:{work / 'milvus'}",
+            "collection": "bench",
+            "embedded_idle_timeout": IDLE_TIMEOUT,
+        }
     )
-    assert settings.is_embedded, "this bench measures the embedded default store"
     result: dict = {
-        "machine": sb.machine_info(),
+        "benchmark": "default-store",
+        "machine": common.machine_info(),
         "n": args.n,
-        "uri_default": defaults.uri,
+        "uri_default": shipped.uri,
         "index_type": settings.index_type.value,
         "index_params": settings.effective_index_params,
         "search_params": settings.effective_search_params,
     }
     embedder = get_embedder(settings)
-    real = real_vectors(settings, Path(args.cache))
+    real = common.real_vectors(settings, args.cache)
     t = time.perf_counter()
-    data = make_rows(args.n, real, args.seed)
+    data = common.mixed(args.n, real, args.seed)
     result["data"] = {
         "real_images": len(real["image"]),
-        "dims": {k: int(v.shape[1]) for k, v in real.items()},
+        "dims": {k: int(real[k].shape[1]) for k in ("image", "text", "feature")},
         "gen_s": round(time.perf_counter() - t, 1),
     }
-    texts = text_queries(args.queries, args.seed)
-    from mmsearch.images import load_image
-
-    query_images = [
+    texts = common.text_queries(args.queries, args.seed)
+    images = [
         load_image(p, max_pixels=settings.max_image_pixels).image
-        for p in sorted((DATASETS / "reverse_image_search" / "test").glob("*/*"))[: args.queries]
+        for p in common.query_image_paths(args.queries)
     ]
-
-    t = time.perf_counter()
-    store = Store(settings)
-    store.open(embedder=embedder.name, dim=embedder.dim, feature_dim=embedder.feature_dim)
-    result["server_start_s"] = round(time.perf_counter() - t, 1)
-    result["fill"] = fill(store, data)
-    print(json.dumps(result["fill"]), flush=True)
-
-    searcher = Searcher(settings, store=store, embedder=embedder)
-    result["modes"] = [
-        run_mode(searcher, Mode.text2image, texts, data),
-        run_mode(searcher, Mode.text2text, texts, data),
-        run_mode(searcher, Mode.image2image, query_images, data),
-    ]
-    for m in result["modes"]:
-        print(json.dumps(m), flush=True)
-    store.close()
-
     base = embedded.base_dir_of(settings.uri)
-    info = embedded.status(base)
-    result["server_rss"] = sb.rss_mb(info.milvus_pid) if info else None
-    result["cold_start_attach_s"] = cold_start(settings.uri, "bench", str(settings.cache_dir))
-    t = time.perf_counter()
-    embedded.stop_server(base)
-    result["server_stop_s"] = round(time.perf_counter() - t, 1)
-    result["cold_start_after_restart_s"] = cold_start(
-        settings.uri, "bench", str(settings.cache_dir)
-    )  # includes starting the server again
-    embedded.stop_server(base)
-    result["machine"]["loadavg_end"] = sb.loadavg()
+    try:
+        t = time.perf_counter()
+        store = Store(settings)
+        store.open(embedder=embedder.name, dim=embedder.dim, feature_dim=embedder.feature_dim)
+        result["server_start_s"] = round(time.perf_counter() - t, 1)
+        result["fill"] = common.fill(store, data, real)
+        result["fill"].update(common.wait_indexed(store, args.n))
+        print(json.dumps(result["fill"]), flush=True)
 
-    RESULTS.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    text = json.dumps(result, indent=1, ensure_ascii=False)
-    (RESULTS / f"{args.out_name}-{stamp}.json").write_text(text)
-    (RESULTS / f"{args.out_name}-latest.json").write_text(text)
-    print(text)
+        searcher = Searcher(settings, store=store, embedder=embedder)
+        result["modes"] = [
+            run_mode(searcher, Mode.text2image, texts, data),
+            run_mode(searcher, Mode.text2text, texts, data),
+            run_mode(searcher, Mode.image2image, images, data),
+        ]
+        result["index_progress_after_queries"] = common.index_progress(store)
+        store.close()
+        info = embedded.status(base)
+        if info is None:
+            raise SystemExit(f"the server in {base} stopped during the run")
+        result["server_rss"] = common.rss_mb(info.milvus_pid)
+        result["cold_start_attach"] = cold_start(settings.uri)
+        t = time.perf_counter()
+        embedded.stop_server(base)
+        result["server_stop_s"] = round(time.perf_counter() - t, 1)
+        result["cold_start_after_restart"] = cold_start(settings.uri)  # starts the server
+    finally:
+        embedded.stop_server(base)
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result, indent=1, ensure_ascii=False))
+    print(f"wrote {common.save_results(args.out_name, result)}")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ import numpy as np
 from scipy.special import softmax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import search as sb  # noqa: E402 - bench/search.py: machine info
+import common  # noqa: E402 - bench/common.py: machine info, data checks
 import train_projection as tp  # noqa: E402 - the provider's ridge and class queries
 
 from mmsearch.images import load_image  # noqa: E402
@@ -56,7 +56,7 @@ from mmsearch.providers.offline import (  # noqa: E402
     preprocess,
 )
 
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+DATASETS = common.DATASETS
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 CAPTION_SOURCES = {"en_flickr8k": "en", "zh_human_written": "zh"}
@@ -70,6 +70,12 @@ def read_sets(root: Path) -> tuple[dict[str, list[Path]], np.ndarray, list[dict[
         with path.open(encoding="utf-8", newline="") as fh:
             return list(csv.DictReader(fh, delimiter=delimiter))
 
+    common.require(
+        root / "imagenet_sample/labels.csv",
+        root / "reverse_image_search/reverse_image_search.csv",
+        root / "flickr8k_cn/captions.tsv",
+        root / "flickr8k_cn/images",
+    )
     inet = rows(root / "imagenet_sample/labels.csv")
     rev = rows(root / "reverse_image_search/reverse_image_search.csv")
     captions = [r for r in rows(root / "flickr8k_cn/captions.tsv", "\t") if r["caption"]]
@@ -218,7 +224,7 @@ def main() -> None:
         print(r, flush=True)
 
     result = {
-        "machine": sb.machine_info(),
+        "machine": common.machine_info(),
         "targets": {"names_en_r1": 0.95, "i2i_r1": 0.85, "captions_en_val_r10": 0.38},
         "extract_s": extract_s,
         "classes_and_images": rows,

@@ -113,6 +113,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT / PROJECTION_FILE)
     args = ap.parse_args()
     images_dir = args.images or args.captions.parent / "images"
+    missing = [str(p) for p in (args.captions, images_dir) if not p.exists()]
+    if missing:
+        raise SystemExit(f"missing: {', '.join(missing)} (see ../shared/datasets/README.md)")
 
     models = OfflineModels.shared(Path(tempfile.gettempdir()) / "mmsearch-train-cache")
     names, rows = read_split(args.captions, "train")
