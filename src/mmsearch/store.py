@@ -422,10 +422,16 @@ class Store:
             return {}
         self._load()
         expr = "content_hash in [" + ", ".join(literal(h) for h in wanted) + "]"
-        ids = {
-            r["content_hash"]: r["id"]
-            for r in self.client.query(self.collection, filter=expr, output_fields=["content_hash"])
-        }
+        # Eventually: asked after this session's writes, Session waited ~230 ms for the
+        # server's clock each batch; a row written a moment ago and missed here only costs
+        # embedding a copy again. (Most batches find nothing, and read no vectors.)
+        found = self.client.query(
+            self.collection,
+            filter=expr,
+            output_fields=["content_hash"],
+            consistency_level="Eventually",
+        )
+        ids = {r["content_hash"]: r["id"] for r in found}
         records = self.get(list(ids.values()), with_vectors=True)
         return {r["content_hash"]: r for r in records}
 
@@ -493,6 +499,10 @@ class Store:
         self.flush()
         self._rename(self.collection, new_name)
         self.collection = new_name
+
+    def collections(self) -> list[str]:
+        """The Milvus collections this one is made of (side collections first)."""
+        return self._all_collections()
 
     def has_feature_field(self) -> bool:
         if self.split:
