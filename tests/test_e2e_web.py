@@ -10,9 +10,13 @@ import os
 import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 
-from .conftest import LION, TRIP
+from mmsearch import MMSearch, Settings
+
+from .conftest import LION, TRIP, serving
+from .test_duplicates import family_of, write_library
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
@@ -22,6 +26,15 @@ pytestmark = [
     ),
 ]
 playwright_sync = pytest.importorskip("playwright.sync_api")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _thumbnails_loaded(page, n: int = 12) -> None:
@@ -44,17 +57,7 @@ def shots(tmp_path) -> Path:
 def test_search_upload_and_more_like_this_in_a_browser(server, shots, tmp_path):
     with playwright_sync.sync_playwright() as p:
         browser = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
         )
         page = browser.new_page(viewport={"width": 1280, "height": 860})
         page.goto(server)
@@ -123,4 +126,86 @@ def test_search_upload_and_more_like_this_in_a_browser(server, shots, tmp_path):
         page.wait_for_selector("#status.error")
         page.wait_for_timeout(2000)
         assert "error" in (page.locator("#status").get_attribute("class") or "")
+        browser.close()
+
+
+#: The duplicates page's photos: two originals with their copies, and another lion.
+DUP_ORIGINALS = ["lion", "goldfish"]
+DUP_FILES = len(DUP_ORIGINALS) * 6 + 1 + 1
+
+
+@pytest.fixture(scope="module")
+def dup_server(tmp_path_factory, cache_dir):
+    """`mmsearch serve` over a Lite file of photos with copies (``write_library``)."""
+    root = tmp_path_factory.mktemp("e2e-dups")
+    photos = write_library(root / "photos", DUP_ORIGINALS, {"lion": "n02129165_lion.JPEG"})
+    uri = str(root / "dups.db")
+    with MMSearch(settings=Settings(uri=uri, collection="dups", cache_dir=cache_dir)) as mm:
+        assert mm.index(photos).indexed == DUP_FILES
+    env = {"MMSEARCH_URI": uri, "MMSEARCH_COLLECTION": "dups", "MMSEARCH_CACHE_DIR": str(cache_dir)}
+    with serving(env, root) as (base, _):
+        yield base
+
+
+def _filenames(base: str, ids: list[str | None]) -> list[str]:
+    return [httpx.get(f"{base}/api/v1/items/{i}").json()["filename"] for i in ids]
+
+
+def test_duplicates_button_shows_each_set_side_by_side(dup_server, shots):
+    with playwright_sync.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        page.goto(dup_server)
+        page.wait_for_selector(f"#status:has-text('{DUP_FILES} images indexed')")
+        page.click("#show-duplicates")
+        page.wait_for_selector(".group")
+        page.wait_for_selector("#status:has-text('sets of duplicates')")
+        assert page.locator(".group").count() == len(DUP_ORIGINALS)
+        lion = page.locator(".group").first
+        assert lion.locator("h3").inner_text() == "7 copies · mixed"
+        figures = lion.locator("figure")
+        assert figures.count() == 7
+        assert figures.first.get_attribute("data-kind") == "representative"
+        assert "lion.jpg" in figures.first.inner_text() and "kept" in figures.first.inner_text()
+        kinds = [figures.nth(i).get_attribute("data-kind") for i in range(1, 7)]
+        assert sorted(kinds) == ["exact"] + ["near"] * 5
+        first, second = figures.nth(0).bounding_box(), figures.nth(1).bounding_box()
+        assert first and second and first["y"] == second["y"] and second["x"] > first["x"]
+        ids = [figures.nth(i).get_attribute("data-id") for i in range(7)]
+        assert {family_of(n) for n in _filenames(dup_server, ids)} == {"lion"}
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.group img')]"
+            ".every(img => img.complete && img.naturalWidth > 0)",
+            timeout=60_000,
+        )
+        page.screenshot(path=str(shots / "6-duplicates.png"))
+        browser.close()
+
+
+def test_collapse_checkbox_shows_each_photo_once(dup_server, shots):
+    with playwright_sync.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        page.goto(dup_server)
+        page.wait_for_selector(f"#status:has-text('{DUP_FILES} images indexed')")
+        page.fill("#q", "狮子")
+        page.press("#q", "Enter")
+        page.wait_for_selector("#status:has-text('text2image')")
+        ids = page.locator(".card").evaluate_all("cards => cards.map(c => c.dataset.id)")
+        families = [family_of(n) for n in _filenames(dup_server, ids)]
+        assert families.count("lion") == 7 and page.locator(".card .copies").count() == 0
+
+        page.check("#f-collapse")  # the filters re-run the search
+        page.wait_for_selector(".card .copies")
+        ids = page.locator(".card").evaluate_all("cards => cards.map(c => c.dataset.id)")
+        families = [family_of(n) for n in _filenames(dup_server, ids)]
+        assert sorted(families) == ["goldfish", "lion", "other-lion"], families
+        lion = page.locator(".card").nth(families.index("lion"))
+        assert lion.locator(".copies").inner_text() == "+6 duplicates"
+        _thumbnails_loaded(page, len(families))
+        page.screenshot(path=str(shots / "7-collapsed.png"))
         browser.close()

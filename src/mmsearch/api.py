@@ -6,7 +6,8 @@ Images are served only by item id, and only while the file on disk is still the 
 (``images.read_indexed``), never from a client-supplied path. Model and Milvus Lite calls go
 through one lock: Milvus Lite is one client per file, and serialising the (CPU-bound) model
 calls costs nothing on a small machine. Work per request is bounded: body sizes per route,
-query images by a pixel budget, and a few image decodes at a time.
+query images by a pixel budget, a few image decodes at a time, and one duplicates scan at a
+time, whose report is kept until the collection changes (``Service.duplicates``).
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ from PIL import Image
 from pydantic import SecretStr
 
 from mmsearch import __version__
+from mmsearch import duplicates as dup
 from mmsearch.api_models import (
     API,
+    DuplicatesOut,
     FolderIn,
     HitOut,
     IndexOut,
@@ -65,12 +68,42 @@ FORM_OVERHEAD = 64 * 1024
 SMALL_BODY = 64 * 1024
 #: Originals read (and hashed) at once: each is held in memory until it is checked.
 ORIGINALS_AT_ONCE = 4
+#: Seconds a duplicates report is served again while the collection's count is unchanged.
+#: This server's own writes (uploads, folders, the watcher) make it stale at once; another
+#: process's writes that keep the count (``mmsearch index`` of a changed file into the same
+#: embedded server) show after this at most.
+DUPLICATES_TTL = 300.0
 
 
 # -- helpers ---------------------------------------------------------------------------------
 
 _ID_RE = re.compile(r"^[0-9a-f]{8,64}$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass
+class CachedReport:
+    """The last duplicates report, and the state of the collection it was made from."""
+
+    key: tuple[Any, ...]
+    made_at: float
+    report: dup.DuplicateReport
+
+
+class WriteLock:
+    """The service's lock, for writers (the watcher): each use counts as a change to the
+    collection, so that a cached duplicates report made before it is not served after it."""
+
+    def __init__(self, svc: Service) -> None:
+        self.svc = svc
+
+    def __enter__(self) -> WriteLock:
+        self.svc.lock.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.svc.writes += 1
+        self.svc.lock.release()
 
 
 class Service:
@@ -84,6 +117,12 @@ class Service:
         self.decodes = threading.BoundedSemaphore(settings.max_concurrent_decodes)
         self.originals = threading.BoundedSemaphore(ORIGINALS_AT_ONCE)
         self.thumb_dir = settings.cache_dir / "thumbnails"
+        #: Writes this server made (``WriteLock``): part of a cached report's key.
+        self.writes = 0
+        #: One duplicates scan at a time; requests that wait hold no thread, and find the
+        #: report the scan before them left (``duplicates``).
+        self.duplicates_turn = asyncio.Lock()
+        self.duplicates_cache: CachedReport | None = None
 
     def item(self, item_id: str) -> Item:
         if not _ID_RE.match(item_id):
@@ -94,22 +133,55 @@ class Service:
             raise HTTPException(404, "no such item")
         return item
 
-    def search(self, query: Any, mode: Mode | None, k: int, params: SearchParams) -> Results:
-        """Run a search (or browse, with no query) with the request's filters."""
+    def search(
+        self, query: Any, mode: Mode | None, k: int, params: SearchParams
+    ) -> tuple[Results, list[int]]:
+        """Run a search (or browse, with no query) with the request's filters; with
+        ``collapse``, each set of duplicates once. Returns the results and, per hit, how many
+        copies of it were collapsed into it."""
         if params.min_score is not None and self.settings.metric is Metric.L2:
             raise HTTPException(400, "min_score is for COSINE and IP metrics, not L2")
         if params.label is not None and _CONTROL_RE.search(params.label):
             raise HTTPException(400, "label must not contain control characters")
         with self.lock:
             if not self.mm.store.exists():
-                return Results([], mode, "")
+                return Results([], mode, ""), []
             filters = params.filters(self.settings)
-            results = self.mm.find(
-                query, mode=mode, k=k, filters=filters, sort=params.sort, parse=not params.literal
-            )
-        if params.min_score is not None:
-            results.hits = [h for h in results.hits if h.score >= params.min_score]
-        return results
+
+        def run(n: int) -> Results:
+            with self.lock:
+                results = self.mm.find(
+                    query,
+                    mode=mode,
+                    k=n,
+                    filters=filters,
+                    sort=params.sort,
+                    parse=not params.literal,
+                )
+            if params.min_score is not None:
+                results.hits = [h for h in results.hits if h.score >= params.min_score]
+            return results
+
+        if params.collapse:
+            return dup.collapsed_search(self.mm.store, run, k, lock=self.lock)
+        results = run(k)
+        return results, [0] * len(results.hits)
+
+    def duplicates(self, threshold: float) -> CachedReport:
+        """The collection's duplicate groups at ``threshold``: the cached report while the
+        collection has not changed (same count, no write by this server, younger than
+        ``DUPLICATES_TTL``), else a new scan, which takes the lock a page of reads at a time
+        so that searches go on beside it. Callers take ``duplicates_turn`` first."""
+        with self.lock:
+            if not self.mm.store.exists():
+                return CachedReport((), time.time(), dup.DuplicateReport([], threshold, items=0))
+            key = (self.settings.collection, threshold, self.mm.store.count(), self.writes)
+        cached = self.duplicates_cache
+        if cached and cached.key == key and time.time() - cached.made_at < DUPLICATES_TTL:
+            return cached
+        report = dup.find_duplicates(self.mm.store, threshold, lock=self.lock)
+        self.duplicates_cache = CachedReport(key, time.time(), report)
+        return self.duplicates_cache
 
     def decode(self, data: bytes, *, query: bool) -> Image.Image:
         """Decode an upload, a few at a time; query images within the query pixel budget."""
@@ -168,6 +240,13 @@ class SearchParams:
         bool, Query(description="Take the text as it is: no dates or places read out of it.")
     ] = False
     min_score: float | None = None
+    collapse: Annotated[
+        bool,
+        Query(
+            description="Show each set of duplicate photos once, at its best rank; `copies` "
+            "says how many of its copies the results held."
+        ),
+    ] = False
 
     def filters(self, settings: Settings) -> Filters:
         try:
@@ -327,7 +406,7 @@ def _add_search_routes(app: FastAPI, settings: Settings) -> None:
             raise HTTPException(400, f"mode {mode.value} takes an image: POST {API}/search/image")
         check_query(q, mode, k)
         started = time.perf_counter()
-        return _search_out(q, k, started, svc.search(q, mode, k, params))
+        return _search_out(q, k, started, *svc.search(q, mode, k, params))
 
     @app.get(f"{API}/browse", response_model=SearchOut, tags=["search"])
     def browse(
@@ -335,9 +414,10 @@ def _add_search_routes(app: FastAPI, settings: Settings) -> None:
     ) -> SearchOut:
         """Photos by filters alone (every photo without any), newest first."""
         started = time.perf_counter()
-        return _search_out("", k, started, svc.search(None, None, k, params))
+        return _search_out("", k, started, *svc.search(None, None, k, params))
 
     _add_image_search_route(app, settings)
+    _add_duplicates_route(app)
 
 
 def _add_image_search_route(app: FastAPI, settings: Settings) -> None:
@@ -366,11 +446,37 @@ def _add_image_search_route(app: FastAPI, settings: Settings) -> None:
         if label is not None:
             params.label = label
         started = time.perf_counter()
-        results = await _in_thread(svc.search, image, mode, k, params)
-        return _search_out(file.filename or "upload", k, started, results)
+        results, copies = await _in_thread(svc.search, image, mode, k, params)
+        return _search_out(file.filename or "upload", k, started, results, copies)
 
 
-def _search_out(query: str, k: int, started: float, results: Results) -> SearchOut:
+def _add_duplicates_route(app: FastAPI) -> None:
+    @app.get(f"{API}/duplicates", response_model=DuplicatesOut, tags=["items"])
+    async def duplicates(
+        request: Request,
+        threshold: Annotated[
+            float,
+            Query(
+                gt=0,
+                le=1,
+                description="Copy similarity at which two photos are near duplicates "
+                "(higher: fewer, closer copies).",
+            ),
+        ] = dup.DEFAULT_THRESHOLD,
+    ) -> DuplicatesOut:
+        """Photos stored more than once: groups of exact copies (same bytes) and near
+        copies (re-encoded, resized, cropped a little, rotated, another format), each with
+        the copy to keep first. Made once per change of the collection; one at a time."""
+        svc: Service = request.app.state.service
+        async with svc.duplicates_turn:
+            cached = await _in_thread(svc.duplicates, threshold)
+        return DuplicatesOut.of(cached.report, cached.made_at)
+
+
+def _search_out(
+    query: str, k: int, started: float, results: Results, copies: list[int] | None = None
+) -> SearchOut:
+    copies = copies or [0] * len(results.hits)
     return SearchOut(
         mode=results.mode,
         query=query,
@@ -378,7 +484,7 @@ def _search_out(query: str, k: int, started: float, results: Results) -> SearchO
         filters=filters_dict(results.filters),
         k=k,
         took_ms=_ms(started),
-        hits=[HitOut.of(h) for h in results.hits],
+        hits=[HitOut.of(h, n) for h, n in zip(results.hits, copies, strict=True)],
     )
 
 
@@ -513,7 +619,7 @@ def _watching(svc: Service, folders: Sequence[Path]) -> Iterator[None]:
     from mmsearch.watch import FolderWatcher
 
     watcher = FolderWatcher(
-        svc.mm, folders, lock=svc.lock, follow_symlinks=svc.settings.follow_symlinks
+        svc.mm, folders, lock=WriteLock(svc), follow_symlinks=svc.settings.follow_symlinks
     )
     stop = threading.Event()
     thread = threading.Thread(target=watcher.run, args=(stop,), name="watch", daemon=True)
@@ -541,7 +647,7 @@ def _index_uploads(svc: Service, uploads: list[bytes]) -> IngestReport:
 
     upload_dir = svc.settings.upload_dir.resolve()
     saved = [_save_upload(upload_dir, data) for data in uploads]
-    with svc.lock:
+    with WriteLock(svc):
         report = svc.mm.index([SourceItem(path, "upload") for path, _ in saved])
     failed = {path for path, _ in report.failed}
     for path, new in saved:
@@ -551,5 +657,5 @@ def _index_uploads(svc: Service, uploads: list[bytes]) -> IngestReport:
 
 
 def _index_source(svc: Service, source: Path, limit: int | None) -> IngestReport:
-    with svc.lock:
+    with WriteLock(svc):
         return svc.mm.index(source, limit=limit)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from mmsearch import __version__
+from mmsearch.duplicates import DuplicateReport
 from mmsearch.ingest import IngestReport
 from mmsearch.search import Mode
 from mmsearch.store import Hit, Item
@@ -92,11 +93,16 @@ def _facts_out(item: Item) -> dict[str, Any]:
 
 class HitOut(ItemOut):
     score: float
+    copies: int = Field(
+        0,
+        description="With collapse=true: how many lower-ranked copies of this photo (exact "
+        "or near duplicates) the results held and this hit stands for.",
+    )
 
     @classmethod
-    def of(cls, item: Item) -> HitOut:  # type: ignore[override]
+    def of(cls, item: Item, copies: int = 0) -> HitOut:  # type: ignore[override]
         assert isinstance(item, Hit)
-        return cls(**ItemOut.of(item).model_dump(), score=item.score)
+        return cls(**ItemOut.of(item).model_dump(), score=item.score, copies=copies)
 
 
 class SearchOut(BaseModel):
@@ -141,6 +147,83 @@ class IndexOut(BaseModel):
     @classmethod
     def of(cls, report: IngestReport) -> IndexOut:
         return cls(**report.as_dict(full_paths=False))
+
+
+class DuplicateItemOut(BaseModel):
+    id: str
+    filename: str = Field(description="The file's name (its folder is not disclosed).")
+    thumbnail_url: str
+    image_url: str
+    width: int
+    height: int
+    file_size: int
+    similarity: float = Field(
+        description="Copy similarity to the group's representative (1.0 for itself and for "
+        "exact copies); below the threshold only for a copy joined through another."
+    )
+    kind: Literal["representative", "exact", "near"]
+
+
+class DuplicateGroupOut(BaseModel):
+    kind: Literal["exact", "near", "mixed"] = Field(
+        description="exact: all the same bytes; near: none; mixed: both."
+    )
+    size: int
+    similarity: float = Field(description="The lowest similarity between two of its copies.")
+    representative: str = Field(description="The id of the copy to keep (listed first).")
+    items: list[DuplicateItemOut]
+
+
+class DuplicatesOut(BaseModel):
+    threshold: float
+    scanned: int = Field(description="Items compared: the whole collection.")
+    groups_count: int
+    duplicates: int = Field(description="Copies beyond each group's representative.")
+    failed: list[dict[str, str]] = Field(
+        description="File names (not folders) left out of the near comparison, and why."
+    )
+    computed_at: float = Field(description="When the report was made (Unix seconds).")
+    seconds: float = Field(description="How long making it took.")
+    groups: list[DuplicateGroupOut]
+
+    @classmethod
+    def of(cls, report: DuplicateReport, computed_at: float) -> DuplicatesOut:
+        public = report.as_dict(full_paths=False)
+        groups = [
+            DuplicateGroupOut(
+                kind=g["kind"],
+                size=g["size"],
+                similarity=g["similarity"],
+                representative=g["representative"],
+                items=[_duplicate_item(it) for it in g["items"]],
+            )
+            for g in public["groups"]
+        ]
+        return cls(
+            threshold=report.threshold,
+            scanned=report.items,
+            groups_count=len(groups),
+            duplicates=report.duplicates,
+            failed=[{"filename": f["path"], "reason": f["reason"]} for f in public["failed"]],
+            computed_at=computed_at,
+            seconds=public["seconds"],
+            groups=groups,
+        )
+
+
+def _duplicate_item(item: dict[str, Any]) -> DuplicateItemOut:
+    """One member of a group from the report's public form (file names only)."""
+    return DuplicateItemOut(
+        id=item["id"],
+        filename=item["name"],
+        thumbnail_url=f"{API}/items/{item['id']}/thumbnail",
+        image_url=f"{API}/items/{item['id']}/image",
+        width=item["width"],
+        height=item["height"],
+        file_size=item["file_size"],
+        similarity=item["similarity"],
+        kind=item["kind"],
+    )
 
 
 class FolderIn(BaseModel):

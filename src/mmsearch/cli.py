@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mmsearch import demo as demo_module
+from mmsearch import duplicates as dup
 from mmsearch.config import IndexType, Language, Metric, Settings, load_settings
 from mmsearch.engine import MMSearch
 from mmsearch.filters import FilterError
@@ -162,8 +163,9 @@ def index(
     _show_report(report, as_json)
 
 
-def _hits_table(hits: list[Hit], title: str) -> Table:
-    """Results as a table; descriptions wrap, files show their name (--json gives full paths)."""
+def _hits_table(hits: list[Hit], title: str, copies: list[int] | None = None) -> Table:
+    """Results as a table; descriptions wrap, files show their name (--json gives full paths).
+    With ``copies`` (a collapsed list), a column says how many copies each result stands for."""
     table = Table(title=title, title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("score")
@@ -171,9 +173,13 @@ def _hits_table(hits: list[Hit], title: str) -> Table:
     table.add_column("description", overflow="fold", ratio=3)
     table.add_column("taken", overflow="fold")
     table.add_column("file", overflow="fold", ratio=2)
+    if copies is not None:
+        table.add_column("copies", justify="right")
     for rank, hit in enumerate(hits, 1):
         name = Path(hit.origin).name
         row = [str(rank), f"{hit.score:.3f}", hit.label, hit.description, _taken(hit), name]
+        if copies is not None:
+            row.append(f"+{copies[rank - 1]}" if copies[rank - 1] else "")
         table.add_row(*row)
     return table
 
@@ -210,6 +216,9 @@ def search(
         bool, typer.Option(help="Take the text as it is: no dates or places read out of it.")
     ] = False,
     filter: Annotated[str, typer.Option(help='Milvus filter, e.g. label == "lion".')] = "",
+    collapse: Annotated[
+        bool, typer.Option(help="Show each set of duplicate photos once, with its copies count.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
 ) -> None:
     """Search by text (text2image, text2text) or by --image (image2image, image2text), with
@@ -229,16 +238,29 @@ def search(
             check_query(given, mode, k)  # before anything is opened
         with MMSearch(settings=_settings()) as mm:
             filters = build_filters(**options, find_place=lambda n: _places(mm).find(n))
-            results = mm.find(
-                given, mode=mode, k=k, filter=filter, filters=filters, sort=sort, parse=not literal
-            )
+            how = dict(mode=mode, filter=filter, filters=filters, sort=sort, parse=not literal)
+            results, copies = _find(mm, given, k, collapse, how)
     except (QueryError, FilterError) as exc:
         _fail(QueryError(f"{exc} (a text is the QUERY argument, an image --image FILE)"))
         return
     except _USER_ERRORS as exc:
         _fail(exc)
         return
-    _show_results(results, given, as_json)
+    _show_results(results, given, as_json, copies)
+
+
+def _find(
+    mm: MMSearch, given: Any, k: int, collapse: bool, how: dict[str, Any]
+) -> tuple[Any, list[int] | None]:
+    """Run the search; with ``collapse``, ``k`` distinct photos and each one's copies count
+    (``duplicates.collapsed_search``)."""
+
+    def run(n: int) -> Any:
+        return mm.find(given, k=n, **how)
+
+    if collapse:
+        return dup.collapsed_search(mm.store, run, k)
+    return run(k), None
 
 
 def _places(mm: MMSearch) -> Any:
@@ -247,21 +269,98 @@ def _places(mm: MMSearch) -> Any:
     return Gazetteer.shared(mm.settings.cache_dir)
 
 
-def _show_results(results: Any, given: Any, as_json: bool) -> None:
+def _show_results(results: Any, given: Any, as_json: bool, copies: list[int] | None) -> None:
+    """Hits as a table or JSON; ``copies`` (with --collapse) adds each hit's copies count."""
     understood = results.filters.understood
     if as_json:
+        hits = [_hit_dict(h) for h in results.hits]
+        for hit, n in zip(hits, copies or [], strict=False):
+            hit["copies"] = n
         out = {
             "mode": results.mode.value if results.mode else None,
             "text": results.text,
             "filters": filters_dict(results.filters),
-            "hits": [_hit_dict(h) for h in results.hits],
+            "hits": hits,
         }
         print(json.dumps(out, ensure_ascii=False, indent=2))
         return
     title = f"{results.mode.value}: {given}" if results.mode else "browse (newest first)"
     if understood:
         title += "  ·  " + ", ".join(f"{kind}: {text}" for kind, text in understood)
-    console.print(_hits_table(results.hits, title))
+    console.print(_hits_table(results.hits, title, copies))
+
+
+@app.command()
+def duplicates(
+    threshold: Annotated[
+        float,
+        typer.Option(
+            help="Copy similarity (0-1] at which two photos are near duplicates; higher "
+            "finds fewer, closer copies."
+        ),
+    ] = dup.DEFAULT_THRESHOLD,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Find photos stored more than once: exact copies (same bytes) and near copies
+    (re-encoded, resized, slightly cropped, rotated, another format)."""
+    try:
+        dup.check_threshold(threshold)  # before anything is opened
+    except ValueError as exc:
+        _fail(exc)
+        return
+    try:
+        with MMSearch(settings=_settings()) as mm:
+            report = _find_duplicates(mm, threshold, quiet=as_json)
+    except _USER_ERRORS as exc:
+        _fail(exc)
+        return
+    if as_json:
+        print(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
+    else:
+        _print_duplicates(report)
+
+
+def _find_duplicates(mm: MMSearch, threshold: float, *, quiet: bool) -> dup.DuplicateReport:
+    with Progress(
+        TextColumn("[bold]reading"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=err_console,
+        disable=quiet,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("read", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return dup.find_duplicates(mm.store, threshold, progress=progress)
+
+
+def _print_duplicates(report: dup.DuplicateReport) -> None:
+    """Each group as a table: the representative (the copy to keep) first, then its copies
+    with their similarity to it; full paths, as copies often share a name."""
+    for n, group in enumerate(report.groups, 1):
+        title = f"{n}. {group.kind} · {len(group.items)} copies"
+        table = Table(title=title, title_justify="left")
+        table.add_column("similarity", justify="right")
+        table.add_column("kind")
+        table.add_column("size", justify="right")
+        table.add_column("file", overflow="fold")
+        for item in group.as_dict()["items"]:
+            size = f"{item['width']}×{item['height']}"
+            table.add_row(f"{item['similarity']:.3f}", item["kind"], size, item["origin"])
+        console.print(table)
+    console.print(
+        f"[bold]{len(report.groups)}[/] sets of duplicates ({report.duplicates} copies beyond "
+        f"the first of each) among {report.items} images · threshold {report.threshold} · "
+        f"{report.seconds:.1f} s"
+    )
+    if report.failed:
+        table = Table("file", "reason", title="Not compared (moved or changed since indexing)")
+        for path, reason in report.failed:
+            table.add_row(path, reason)
+        console.print(table)
 
 
 @app.command()

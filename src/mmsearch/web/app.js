@@ -163,6 +163,8 @@ async function browse() {
   render(await call(`${API}/browse?${params}`));
 }
 
+// Sets of copies of one photo, side by side: the copy to keep first, then the others with
+// their similarity to it (exact: the same bytes).
 async function showDuplicates() {
   preview.hidden = true;
   setStatus("Looking for duplicates…");
@@ -173,26 +175,36 @@ async function showDuplicates() {
   for (const group of data.groups) {
     const box = document.createElement("section");
     box.className = "group";
+    box.dataset.kind = group.kind;
     const title = document.createElement("h3");
     title.textContent = `${group.items.length} copies · ${group.kind}`;
     const members = document.createElement("div");
     members.className = "members";
     for (const item of group.items) {
       const figure = document.createElement("figure");
+      figure.dataset.id = item.id;
+      figure.dataset.kind = item.kind;
       const img = document.createElement("img");
       img.loading = "lazy";
       img.src = item.thumbnail_url;
       img.alt = item.filename;
       const caption = document.createElement("figcaption");
-      caption.textContent = `${item.filename} · ${item.width}×${item.height}`;
+      const how = item.kind === "representative" ? "kept" : `${item.kind} ${item.similarity.toFixed(3)}`;
+      caption.textContent = `${item.filename} · ${item.width}×${item.height} · ${how}`;
       figure.append(img, caption);
       members.append(figure);
     }
     box.append(title, members);
     results.append(box);
   }
-  if (!data.groups.length) complain("No duplicates found.");
-  else setStatus(`${data.groups.length} sets of duplicates`);
+  if (!data.groups.length) {
+    const p = document.createElement("p");
+    p.className = "empty";
+    p.textContent = "No duplicates found.";
+    results.append(p);
+  }
+  setStatus(`${data.groups.length} sets of duplicates · ${data.duplicates} extra copies · ` +
+            `${data.scanned} images compared`);
 }
 
 async function searchImage(blob) {
