@@ -25,6 +25,10 @@ REVERSE = DATASETS / "reverse_image_search"
 REVERSE_CSV = REVERSE / "reverse_image_search.csv"
 LION = REVERSE / "test" / "lion" / "n02129165_13728.JPEG"
 
+# Reading the text in photos after each index run costs ~0.2 s a photo: only the tests of
+# OCR turn it on (``Settings(ocr=True)``, or MMSEARCH_OCR=1 for a CLI run of their own).
+os.environ["MMSEARCH_OCR"] = "0"
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if not REVERSE_CSV.exists():

@@ -124,6 +124,12 @@ _TOKEN = re.compile(
 )
 
 
+#: Milvus's array functions that mmsearch calls (lexical search).
+_FUNCTIONS: dict[str, Any] = {
+    "array_contains_any": lambda values, wanted: bool(set(values or ()) & set(wanted)),
+}
+
+
 def _to_python(filter: str) -> str:
     """The subset of Milvus's expressions that mmsearch writes, as a Python expression:
     comparisons, ``in [...]``, ``and``/``or``/``not``, parentheses and, as on Milvus 2.3,
@@ -143,7 +149,7 @@ def _to_python(filter: str) -> str:
             text = repr(re.sub(r"\\(.)", r"\1", text[1:-1]))
         elif kind == "word" and text in ("true", "false"):
             text = text.capitalize()
-        elif kind == "word" and text not in ("and", "or", "not", "in", "like"):
+        elif kind == "word" and text not in ("and", "or", "not", "in", "like", *_FUNCTIONS):
             text = f"row[{text!r}]"
         out.append(text)
     return " ".join(out)
@@ -165,7 +171,7 @@ def _matches(filter: str) -> Any:
         code = compile(python, "<filter>", "eval")
     except SyntaxError:
         raise _parse_error(f"cannot parse expression: {filter}") from None
-    return lambda row: bool(eval(code, {"__builtins__": {}}, {"row": row}))
+    return lambda row: bool(eval(code, {"__builtins__": {}}, {"row": row, **_FUNCTIONS}))
 
 
 class _Collection:

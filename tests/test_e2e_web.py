@@ -12,9 +12,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image, ImageDraw, ImageFont
 
 from mmsearch import MMSearch, Settings
 
+from . import textphotos
 from .conftest import LION, TRIP, serving
 from .test_duplicates import family_of, write_library
 
@@ -202,10 +204,73 @@ def test_collapse_checkbox_shows_each_photo_once(dup_server, shots):
         page.check("#f-collapse")  # the filters re-run the search
         page.wait_for_selector(".card .copies")
         ids = page.locator(".card").evaluate_all("cards => cards.map(c => c.dataset.id)")
+        shown = [family_of(n) for n in _filenames(dup_server, ids)]
+        assert shown[0] == "lion" and len(shown) == len(set(shown)), shown
+        if page.locator("#show-more").count():  # past the relevance cutoff: the goldfish
+            page.click("#show-more")
+        ids = page.locator(".card").evaluate_all("cards => cards.map(c => c.dataset.id)")
         families = [family_of(n) for n in _filenames(dup_server, ids)]
         assert sorted(families) == ["goldfish", "lion", "other-lion"], families
+        assert families[: len(shown)] == shown
         lion = page.locator(".card").nth(families.index("lion"))
         assert lion.locator(".copies").inner_text() == "+6 duplicates"
         _thumbnails_loaded(page, len(families))
         page.screenshot(path=str(shots / "7-collapsed.png"))
+        browser.close()
+
+
+SIGN = "火锅"  # hot pot, on a restaurant's sign
+
+
+@pytest.fixture(scope="module")
+def text_server(tmp_path_factory, cache_dir):
+    """`mmsearch serve` over photos read by OCR: five photos and one with a sign saying 火锅."""
+    font = textphotos.available_fonts().get("wqy-zenhei", ("",))[0]
+    if not font:
+        pytest.skip("fonts-wqy-zenhei is not installed")
+    root = tmp_path_factory.mktemp("e2e-text")
+    photos = root / "photos"
+    photos.mkdir()
+    sources = sorted(textphotos.dataset_photos())[:6]
+    for source in sources[1:]:
+        shutil.copyfile(source, photos / source.name)
+    sign = Image.open(sources[0]).convert("RGB")
+    draw = ImageDraw.Draw(sign)
+    draw.rectangle((30, 30, 290, 130), fill=(180, 20, 20))
+    draw.text((50, 40), f"{SIGN}城", font=ImageFont.truetype(font, 72), fill=(255, 240, 200))
+    sign.save(photos / "restaurant.jpg", quality=92)
+    uri = str(root / "text.db")
+    settings = Settings(uri=uri, collection="text", cache_dir=cache_dir, ocr=True)
+    with MMSearch(settings=settings) as mm:
+        report = mm.index(photos)
+        assert report.indexed == 6 and report.ocr is not None and report.ocr.with_text >= 1
+    env = {"MMSEARCH_URI": uri, "MMSEARCH_COLLECTION": "text", "MMSEARCH_CACHE_DIR": str(cache_dir)}
+    with serving(env, root) as (base, _):
+        yield base
+
+
+def test_a_chinese_word_on_a_photo_finds_it_with_the_word_highlighted(text_server, shots):
+    with playwright_sync.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        page.goto(text_server)
+        page.wait_for_selector("#status:has-text('6 images indexed')")
+        page.fill("#q", SIGN)
+        page.press("#q", "Enter")
+        page.wait_for_selector("#status:has-text('text2image')")
+        first = page.locator(".card").first
+        assert first.get_attribute("data-matched-by") in ("lexical", "both")
+        assert first.locator(".ocr mark").first.inner_text() == SIGN
+        assert _filenames(text_server, [first.get_attribute("data-id")]) == ["restaurant.jpg"]
+        # The cutoff shows what is relevant; the rest waits behind "Show N more".
+        shown = page.locator(".card").count()
+        more = page.locator("#show-more")
+        if more.count():
+            hidden = int(more.inner_text().split()[1])
+            more.click()
+            assert page.locator(".card").count() == shown + hidden
+        _thumbnails_loaded(page, 1)
+        page.screenshot(path=str(shots / "8-text-in-photo.png"))
         browser.close()

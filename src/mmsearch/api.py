@@ -25,7 +25,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
@@ -150,17 +150,17 @@ class Service:
 
         def run(n: int) -> Results:
             with self.lock:
-                results = self.mm.find(
+                return self.mm.find(
                     query,
                     mode=mode,
                     k=n,
                     filters=filters,
                     sort=params.sort,
                     parse=not params.literal,
+                    ranking=params.ranking,
+                    cutoff=params.cutoff,
+                    min_score=params.min_score,
                 )
-            if params.min_score is not None:
-                results.hits = [h for h in results.hits if h.score >= params.min_score]
-            return results
 
         if params.collapse:
             return dup.collapsed_search(self.mm.store, run, k, lock=self.lock)
@@ -239,7 +239,18 @@ class SearchParams:
     literal: Annotated[
         bool, Query(description="Take the text as it is: no dates or places read out of it.")
     ] = False
-    min_score: float | None = None
+    ranking: Annotated[
+        Literal["fused", "vector", "lexical"],
+        Query(description="Text queries: words and vectors fused, or either alone."),
+    ] = "fused"
+    cutoff: Annotated[
+        Literal["none", "auto"],
+        Query(description="auto: results past the bend of the score curve go to `more`."),
+    ] = "none"
+    min_score: Annotated[
+        float | None,
+        Query(description="Least vector similarity a result needs (the rest go to `more`)."),
+    ] = None
     collapse: Annotated[
         bool,
         Query(
@@ -482,9 +493,11 @@ def _search_out(
         query=query,
         text=results.text,
         filters=filters_dict(results.filters),
+        ranking=results.ranking,
         k=k,
         took_ms=_ms(started),
         hits=[HitOut.of(h, n) for h, n in zip(results.hits, copies, strict=True)],
+        more=[HitOut.of(h) for h in results.more],
     )
 
 

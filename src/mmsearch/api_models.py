@@ -46,6 +46,7 @@ class ItemOut(BaseModel):
     longitude: float | None = None
     camera: str = ""
     file_format: str = ""
+    ocr_text: str = Field("", description="The text read off the photo (OCR), if any.")
 
     @classmethod
     def of(cls, item: Item) -> ItemOut:
@@ -61,6 +62,7 @@ class ItemOut(BaseModel):
             image_url=f"{API}/items/{item.id}/image",
             thumbnail_url=f"{API}/items/{item.id}/thumbnail",
             **_facts_out(item),
+            ocr_text=item.ocr_text,
         )
 
 
@@ -91,18 +93,47 @@ def _facts_out(item: Item) -> dict[str, Any]:
     }
 
 
+class MatchOut(BaseModel):
+    """Where a query's words are in a result: ``text`` is ``field``'s value
+    ``[start:end]`` (code points; ``keywords``: of keyword number ``index``; ``file_name``:
+    of the file name)."""
+
+    field: str = Field(description="ocr_text, file_name, label, keywords or description.")
+    start: int
+    end: int
+    text: str
+    index: int = 0
+
+
+class WhyOut(BaseModel):
+    """Why a text query's result matched: by its vectors, its words, or both, with its rank
+    and score in each list (null where it was not in that list)."""
+
+    matched_by: str = Field(description="vector, lexical or both.")
+    vector_rank: int | None = None
+    vector_score: float | None = None
+    lexical_rank: int | None = None
+    lexical_score: float | None = None
+    matches: list[MatchOut] = Field(default_factory=list)
+
+
 class HitOut(ItemOut):
-    score: float
+    score: float = Field(
+        description="Text queries ranked fused: the fusion's score (reciprocal ranks); "
+        "vector: the similarity; lexical: BM25F. Image queries: the similarity."
+    )
     copies: int = Field(
         0,
         description="With collapse=true: how many lower-ranked copies of this photo (exact "
         "or near duplicates) the results held and this hit stands for.",
     )
+    why: WhyOut | None = Field(None, description="Text queries: why this result matched.")
 
     @classmethod
     def of(cls, item: Item, copies: int = 0) -> HitOut:  # type: ignore[override]
         assert isinstance(item, Hit)
-        return cls(**ItemOut.of(item).model_dump(), score=item.score, copies=copies)
+        why = WhyOut(**item.why) if item.why else None
+        return cls(**ItemOut.of(item).model_dump(), score=item.score, copies=copies, why=why)
 
 
 class SearchOut(BaseModel):
@@ -114,9 +145,15 @@ class SearchOut(BaseModel):
         description="The filters applied; `understood` lists each with the words it came "
         "from (the page shows them as chips that can be removed).",
     )
+    ranking: str = Field("", description="How a text query was ranked (fused, vector, lexical).")
     k: int
     took_ms: float
     hits: list[HitOut]
+    more: list[HitOut] = Field(
+        default_factory=list,
+        description="With cutoff=auto or min_score: the results past the point where relevance "
+        "ends, best first (the page's 'show more').",
+    )
 
 
 class StatsOut(BaseModel):

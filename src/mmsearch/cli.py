@@ -22,12 +22,13 @@ from mmsearch import demo as demo_module
 from mmsearch import duplicates as dup
 from mmsearch.config import IndexType, Language, Metric, Settings, load_settings
 from mmsearch.engine import MMSearch
+from mmsearch.enrich import EnrichReport
 from mmsearch.filters import FilterError
 from mmsearch.filters import as_dict as filters_dict
 from mmsearch.filters import build as build_filters
 from mmsearch.ingest import IngestReport
 from mmsearch.providers import ProviderError
-from mmsearch.search import Mode, QueryError, check_query
+from mmsearch.search import Mode, QueryError, check_options, check_query
 from mmsearch.sources import SourceError, SourceItem
 from mmsearch.store import Hit, StoreError
 
@@ -103,24 +104,46 @@ def _scratch_uri(name: str) -> Iterator[dict[str, Any]]:
         yield {"uri": str(Path(tmp) / f"{name}.db")}
 
 
-def _run_index(
-    mm: MMSearch, source: Path | list[SourceItem], limit: int | None, quiet: bool
-) -> IngestReport:
-    with Progress(
-        TextColumn("[bold]indexing"),
+def _progress_bar(quiet: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
         console=err_console,
         disable=quiet,
         transient=False,
-    ) as bar:
-        task = bar.add_task("index", total=None)
+    )
 
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
 
-        return mm.index(source, limit=limit, progress=progress)
+def _reporter(bar: Progress, description: str) -> Any:
+    """A progress callback that adds its task to ``bar`` on first use."""
+    task: list[Any] = []
+
+    def progress(done: int, total: int) -> None:
+        if not task:
+            task.append(bar.add_task(description, total=total))
+        bar.update(task[0], completed=done, total=total)
+
+    return progress
+
+
+def _run_index(
+    mm: MMSearch,
+    source: Path | list[SourceItem],
+    limit: int | None,
+    quiet: bool,
+    ocr: bool | None = None,
+) -> IngestReport:
+    """Index with progress bars: the images, then (with OCR on) reading their text."""
+    with _progress_bar(quiet) as bar:
+        return mm.index(
+            source,
+            limit=limit,
+            progress=_reporter(bar, "indexing"),
+            ocr=ocr,
+            ocr_progress=_reporter(bar, "reading text"),
+        )
 
 
 def _show_report(report: IngestReport, as_json: bool) -> None:
@@ -142,6 +165,18 @@ def _print_report(report: IngestReport) -> None:
         for path, reason in report.failed:
             table.add_row(path, reason)
         console.print(table)
+    if report.ocr is not None:
+        _print_ocr(report.ocr)
+
+
+def _print_ocr(report: EnrichReport) -> None:
+    unread = f", {len(report.failed)} could not be read" if report.failed else ""
+    console.print(
+        f"text read in [bold green]{report.read}[/] photos ({report.with_text} hold text)"
+        f"{unread} in {report.seconds:.1f} s"
+    )
+    for path, reason in report.failed:
+        console.print(f"  not read: {path}: {reason}", highlight=False)
 
 
 @app.command()
@@ -151,12 +186,21 @@ def index(
     ],
     limit: Annotated[int | None, typer.Option(min=1, help="Index only the first N images.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per batch.")] = None,
+    ocr: Annotated[
+        bool | None,
+        typer.Option(
+            "--ocr/--no-ocr",
+            help="Then read the text in the photos not read yet (default: the ocr setting, on).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Describe, embed and store images. Unchanged files already indexed are skipped."""
+    """Describe, embed and store images. Unchanged files already indexed are skipped. Then
+    the text in the photos is read (OCR), as a pass of its own: the photos are searchable
+    by their vectors before it ends, and an interrupted pass resumes."""
     try:
         with MMSearch(settings=_settings(batch_size=batch_size)) as mm:
-            report = _run_index(mm, path, limit, quiet=as_json)
+            report = _run_index(mm, path, limit, quiet=as_json, ocr=ocr)
     except _USER_ERRORS as exc:
         _fail(exc)
         return
@@ -175,13 +219,32 @@ def _hits_table(hits: list[Hit], title: str, copies: list[int] | None = None) ->
     table.add_column("file", overflow="fold", ratio=2)
     if copies is not None:
         table.add_column("copies", justify="right")
+    matched = any(h.why.get("matches") for h in hits)
+    if matched:
+        table.add_column("words found", overflow="fold")
     for rank, hit in enumerate(hits, 1):
         name = Path(hit.origin).name
         row = [str(rank), f"{hit.score:.3f}", hit.label, hit.description, _taken(hit), name]
         if copies is not None:
             row.append(f"+{copies[rank - 1]}" if copies[rank - 1] else "")
+        if matched:
+            row.append(_words_found(hit))
         table.add_row(*row)
     return table
+
+
+#: How the table names the fields a query's words were found in.
+_FIELD_NAMES = {"ocr_text": "text", "file_name": "file", "label": "label"}
+
+
+def _words_found(hit: Hit) -> str:
+    """Where the query's words are in a hit: "text: 火锅; description: 狗"."""
+    found: dict[str, list[str]] = {}
+    for m in hit.why.get("matches", []):
+        words = found.setdefault(_FIELD_NAMES.get(m["field"], m["field"]), [])
+        if m["text"] not in words:
+            words.append(m["text"])
+    return "; ".join(f"{field}: {' '.join(words)}" for field, words in found.items())
 
 
 def _taken(hit: Hit) -> str:
@@ -219,6 +282,16 @@ def search(
     collapse: Annotated[
         bool, typer.Option(help="Show each set of duplicate photos once, with its copies count.")
     ] = False,
+    ranking: Annotated[
+        str,
+        typer.Option(help="Text queries: fused (words and vectors), vector or lexical (words)."),
+    ] = "fused",
+    cutoff: Annotated[
+        str, typer.Option(help="auto: stop where relevance ends (the score curve's bend); none.")
+    ] = "none",
+    min_score: Annotated[
+        float | None, typer.Option(help="Least vector similarity a result needs.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
 ) -> None:
     """Search by text (text2image, text2text) or by --image (image2image, image2text), with
@@ -226,19 +299,16 @@ def search(
     place become filters ("海边 2023年7月", "beach in Paris") unless --literal."""
     options = dict(after=after, before=before, place=place, near=near, camera=camera)
     options |= dict(label=label, orientation=orientation)
-    if query is not None and image is not None:
-        _fail(QueryError("give either a text query or --image FILE, not both"))
-        return
-    if query is None and image is None and not (any(options.values()) or filter):
-        _fail(QueryError("give either a text query or --image FILE (or filters to browse)"))
-        return
     given = image if image is not None else query
     try:
+        _check_search(query, image, any(options.values()) or bool(filter))
+        check_options(sort, ranking, cutoff)  # before anything is opened
         if given is not None:
-            check_query(given, mode, k)  # before anything is opened
+            check_query(given, mode, k)
         with MMSearch(settings=_settings()) as mm:
             filters = build_filters(**options, find_place=lambda n: _places(mm).find(n))
             how = dict(mode=mode, filter=filter, filters=filters, sort=sort, parse=not literal)
+            how |= dict(ranking=ranking, cutoff=cutoff, min_score=min_score)
             results, copies = _find(mm, given, k, collapse, how)
     except (QueryError, FilterError) as exc:
         _fail(QueryError(f"{exc} (a text is the QUERY argument, an image --image FILE)"))
@@ -247,6 +317,13 @@ def search(
         _fail(exc)
         return
     _show_results(results, given, as_json, copies)
+
+
+def _check_search(query: str | None, image: Path | None, filtered: bool) -> None:
+    if query is not None and image is not None:
+        raise QueryError("give either a text query or --image FILE, not both")
+    if query is None and image is None and not filtered:
+        raise QueryError("give either a text query or --image FILE (or filters to browse)")
 
 
 def _find(
@@ -279,8 +356,10 @@ def _show_results(results: Any, given: Any, as_json: bool, copies: list[int] | N
         out = {
             "mode": results.mode.value if results.mode else None,
             "text": results.text,
+            "ranking": results.ranking,
             "filters": filters_dict(results.filters),
             "hits": hits,
+            "more": [_hit_dict(h) for h in results.more],
         }
         print(json.dumps(out, ensure_ascii=False, indent=2))
         return
@@ -288,6 +367,38 @@ def _show_results(results: Any, given: Any, as_json: bool, copies: list[int] | N
     if understood:
         title += "  ·  " + ", ".join(f"{kind}: {text}" for kind, text in understood)
     console.print(_hits_table(results.hits, title, copies))
+    if results.more:
+        console.print(
+            f"{len(results.more)} more past the point where relevance ends "
+            "(--cutoff none shows them)"
+        )
+
+
+enrich_app = typer.Typer(
+    help="Fill in what the stored photos lack, without embedding them again.",
+    no_args_is_help=True,
+)
+app.add_typer(enrich_app, name="enrich")
+
+
+@enrich_app.command("ocr")
+def enrich_ocr(
+    limit: Annotated[int | None, typer.Option(min=1, help="Read at most N photos.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Read the text in the stored photos not read yet (signs, posters, receipts,
+    screenshots; Chinese and English), so that searches find them by it. Resumable: an
+    interrupted run goes on where it stopped; nothing is read twice."""
+    try:
+        with MMSearch(settings=_settings()) as mm, _progress_bar(as_json) as bar:
+            report = mm.enrich_ocr(limit=limit, progress=_reporter(bar, "reading text"))
+    except _USER_ERRORS as exc:
+        _fail(exc)
+        return
+    if as_json:
+        print(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
+    else:
+        _print_ocr(report)
 
 
 @app.command()
@@ -641,6 +752,9 @@ def eval_command(
         Path | None, typer.Option(help="Folder of the captioned images (default: beside TSV).")
     ] = None,
     k: Annotated[int, typer.Option("-k", "--k", help="Results per query.")] = 10,
+    ranking: Annotated[
+        str, typer.Option(help="Text queries: fused (as search ranks them), vector or lexical.")
+    ] = "fused",
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Index labelled data and report recall@1/5/10 and MRR for each mode it allows.
@@ -655,13 +769,15 @@ def eval_command(
         return
     scores: list[ev.Score] = []
     ingest: dict[str, Any] = {}
+    run = dict(k=k, ranking=ranking, ingest=ingest, quiet=as_json)
     try:
+        check_options("relevance", ranking, "none")
         with _scratch_uri("eval") as overrides:
             base = _settings(**overrides)
             if data is not None:
-                scores += _eval_labels(base, data, queries, k, ingest, quiet=as_json)
+                scores += _eval_labels(base, data, queries, **run)
             if captions is not None:
-                scores += _eval_captions(base, captions, images, k, ingest, quiet=as_json)
+                scores += _eval_captions(base, captions, images, **run)
     except (*_USER_ERRORS, ValueError) as exc:
         _fail(exc)
         return
@@ -673,7 +789,14 @@ def eval_command(
 
 
 def _eval_labels(
-    settings: Settings, data: Path, queries: Path | None, k: int, ingest: dict, *, quiet: bool
+    settings: Settings,
+    data: Path,
+    queries: Path | None,
+    *,
+    k: int,
+    ranking: str,
+    ingest: dict,
+    quiet: bool,
 ) -> list[Any]:
     from mmsearch import eval as ev
 
@@ -682,11 +805,18 @@ def _eval_labels(
         report = _run_index(mm, items, None, quiet=quiet)
         ingest[str(data)] = {**report.as_dict(), "collection": settings.collection}
         query_items = ev.list_items(queries) if queries else None
-        return ev.evaluate_labels(mm, items, query_items, k=k)
+        return ev.evaluate_labels(mm, items, query_items, k=k, ranking=ranking)
 
 
 def _eval_captions(
-    settings: Settings, captions: Path, images: Path | None, k: int, ingest: dict, *, quiet: bool
+    settings: Settings,
+    captions: Path,
+    images: Path | None,
+    *,
+    k: int,
+    ranking: str,
+    ingest: dict,
+    quiet: bool,
 ) -> list[Any]:
     """In a collection of its own, ``<collection>_captions`` (the captioned images are the
     whole search space); the output names it, as it stays when --uri is given."""
@@ -699,7 +829,7 @@ def _eval_captions(
         items = [SourceItem(folder / name) for name in sorted({r[0] for r in rows})]
         report = _run_index(mm, items, None, quiet=quiet)
         ingest[str(captions)] = {**report.as_dict(), "collection": own.collection}
-        return ev.evaluate_captions(mm, rows, folder, k=k)
+        return ev.evaluate_captions(mm, rows, folder, k=k, ranking=ranking)
 
 
 def _print_scores(scores: list[Any], ingest: dict[str, Any]) -> None:

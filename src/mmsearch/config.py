@@ -12,7 +12,7 @@ import importlib.util
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -119,6 +119,11 @@ class Settings(BaseSettings):
     describer: str | None = Field(None, description="Describer provider (overrides provider).")
     language: Language = Field(Language.zh, description="Language of descriptions: zh or en.")
     batch_size: int = Field(32, ge=1, le=4096, description="Images per ingest batch.")
+    ocr: bool = Field(
+        True,
+        description="Read the text in photos after indexing (a pass of its own: images are "
+        "searchable by their vectors first); off: `mmsearch enrich ocr` reads it later.",
+    )
     workers: int = Field(
         max(1, min(8, os.cpu_count() or 1)), ge=1, description="Threads decoding images."
     )
@@ -181,12 +186,50 @@ class Settings(BaseSettings):
         ),
         description="DashScope API key (env DASHSCOPE_API_KEY); never logged.",
     )
-    dashscope_base_url: str = Field(
-        "https://dashscope.aliyuncs.com/api/v1",
-        description="DashScope endpoint; international: https://dashscope-intl.aliyuncs.com/api/v1",
+    dashscope_region: Literal["cn", "intl"] = Field(
+        "cn",
+        description="DashScope region: cn (Beijing, https://dashscope.aliyuncs.com/api/v1) or "
+        "intl (Singapore, https://dashscope-intl.aliyuncs.com/api/v1, for users outside "
+        "mainland China; its default embedding model is tongyi-embedding-vision-plus).",
     )
-    dashscope_embedding_model: str = Field("multimodal-embedding-v1")
-    dashscope_vl_model: str = Field("qwen-vl-plus")
+    dashscope_base_url: str | None = Field(
+        None, description="DashScope endpoint; unset: the endpoint of dashscope_region."
+    )
+    dashscope_embedding_model: str = Field(
+        "multimodal-embedding-v1",
+        description="DashScope embedding model (see the README's model table); "
+        "with dashscope_region = intl and none set: tongyi-embedding-vision-plus.",
+    )
+    dashscope_dimension: int | None = Field(
+        None,
+        ge=1,
+        description="Width of the embedding vectors, for models that take one (e.g. 64-1152 "
+        "for tongyi-embedding-vision-plus); unset: the model's default. A collection keeps "
+        "the width it was built with.",
+    )
+    dashscope_fusion: bool = Field(
+        False,
+        description="Embed each image fused with its title (a catalog's title column) where "
+        "the model offers it (qwen3-vl-embedding, qwen2.5-vl-embedding, the "
+        "tongyi-embedding-vision 2026-03-06 snapshots).",
+    )
+    dashscope_max_batch: int | None = Field(
+        None,
+        ge=1,
+        description="At most this many items per embedding request; unset: the model's "
+        "documented limit (one for models mmsearch does not know).",
+    )
+    dashscope_prices: dict[str, dict[str, float | str]] = Field(
+        default_factory=dict,
+        description="Prices per million tokens by model, over the documented list prices "
+        "mmsearch ships (which go stale: keep yours current), e.g. "
+        '{"qwen-vl-plus" = {image = 1.5, text = 1.5, output = 4.5, currency = "CNY"}}.',
+    )
+    dashscope_vl_model: str = Field(
+        "qwen-vl-plus",
+        description="Qwen-VL model for descriptions: qwen-vl-plus (the reference's), or a "
+        "current one such as qwen3-vl-plus or qwen3-vl-flash.",
+    )
     openai_base_url: str = Field(
         "http://localhost:8000/v1", description="OpenAI-compatible endpoint (vLLM, Ollama, ...)."
     )

@@ -681,15 +681,20 @@ def collapsed_search(
     ``search(n)`` runs the query for ``n`` hits; it is asked for ``collapse_k(k)`` and, while
     the collapsed list is still short of ``k`` and the search had more to give, for twice as
     many (up to ``MAX_K``): a photo with many copies can fill any fixed multiple of ``k``.
-    Returns the last results, their hits replaced by the first ``k`` entries, and for each
-    kept hit how many lower-ranked copies of it the hits held.
+    Returns the last results, their hits replaced by the first ``k`` entries (those past a
+    relevance cutoff in ``more``), and for each shown hit how many lower-ranked copies of it
+    the hits held.
     """
     wanted = collapse_k(k)
     while True:
         results = search(wanted)
-        entries = collapse_hits(store, results.hits, threshold=threshold, lock=lock)
-        if len(entries) >= k or len(results.hits) < wanted or wanted >= MAX_K:
+        found = results.hits + results.more  # a cutoff split them: collapse both
+        entries = collapse_hits(store, found, threshold=threshold, lock=lock)
+        if len(entries) >= k or len(found) < wanted or wanted >= MAX_K:
             break
         wanted = min(MAX_K, wanted * 2)
-    results.hits = [e.hit for e in entries[:k]]
-    return results, [len(e.copies) for e in entries[:k]]
+    shown = {h.id for h in results.hits}
+    kept = entries[:k]
+    results.hits = [e.hit for e in kept if e.hit.id in shown]
+    results.more = [e.hit for e in kept if e.hit.id not in shown]
+    return results, [len(e.copies) for e in kept if e.hit.id in shown]

@@ -18,6 +18,7 @@ from typing import Any
 from PIL import Image
 
 from mmsearch.config import Settings, load_settings
+from mmsearch.enrich import EnrichReport, enrich_ocr
 from mmsearch.filters import Filters
 from mmsearch.ingest import Ingestor, IngestReport, ProgressCallback
 from mmsearch.providers import Describer, Embedder, get_describer, get_embedder
@@ -58,8 +59,11 @@ class MMSearch:
         *,
         limit: int | None = None,
         progress: ProgressCallback | None = None,
+        ocr: bool | None = None,
+        ocr_progress: ProgressCallback | None = None,
     ) -> IngestReport:
-        """Index a folder (recursively), a CSV (``id,path,label``) or one image."""
+        """Index a folder (recursively), a CSV (``id,path,label``) or one image; then, with
+        ``ocr`` (default: the ``ocr`` setting), read the text of the photos not read yet."""
         ingestor = Ingestor(
             self.settings, store=self.store, embedder=self.embedder, describer=self.describer
         )
@@ -67,7 +71,19 @@ class MMSearch:
             source = Path(source).expanduser()
         report = ingestor.run(source, limit=limit, progress=progress)
         self.__dict__.pop("searcher", None)  # the collection may have just been created
+        if (self.settings.ocr if ocr is None else ocr) and self.store.exists():
+            report.ocr = self.enrich_ocr(progress=ocr_progress)
         return report
+
+    def enrich_ocr(
+        self, *, limit: int | None = None, progress: ProgressCallback | None = None
+    ) -> EnrichReport:
+        """Read the text in the stored photos that have not been read yet (``enrich.py``):
+        resumable, and nothing is embedded again."""
+        self.searcher  # noqa: B018 - opens (and migrates) the collection, or says it is missing
+        return enrich_ocr(
+            self.store, max_pixels=self.settings.max_image_pixels, limit=limit, progress=progress
+        )
 
     def reindex(self, *, progress: ProgressCallback | None = None) -> IngestReport:
         """Describe and embed every stored image again, from its stored path and label, with
@@ -100,11 +116,13 @@ class MMSearch:
         filter: str = "",
         filters: Filters | None = None,
         sort: str = "relevance",
+        **options: Any,
     ) -> list[Hit]:
         """Search; the mode defaults to text2image for text and image2image for images.
-        The text is taken literally; ``find`` also reads times and places out of it."""
+        The text is taken literally; ``find`` also reads times and places out of it.
+        ``options``: ``ranking``, ``cutoff``, ``min_score`` (``Searcher.find``)."""
         return self.find(
-            query, mode=mode, k=k, filter=filter, filters=filters, sort=sort, parse=False
+            query, mode=mode, k=k, filter=filter, filters=filters, sort=sort, parse=False, **options
         ).hits
 
     def find(
@@ -117,12 +135,27 @@ class MMSearch:
         filters: Filters | None = None,
         sort: str = "relevance",
         parse: bool = True,
+        ranking: str = "fused",
+        cutoff: str = "none",
+        min_score: float | None = None,
     ) -> Results:
         """Search as the CLI and the page do: words naming a time or a place become
         filters ("海边 2023年7月", "beach in Paris"); no query (or only such words) browses
-        by the filters, newest first. ``Results`` says what was understood."""
+        by the filters, newest first. ``Results`` says what was understood. A text is
+        ranked by its words and its vectors fused (``ranking``: "fused", "vector" or
+        "lexical"); ``cutoff="auto"`` moves what is past the end of relevance to
+        ``Results.more``, as does ``min_score`` (a least vector similarity)."""
         return self.searcher.find(
-            query, mode=mode, k=k, filter=filter, filters=filters, sort=sort, parse=parse
+            query,
+            mode=mode,
+            k=k,
+            filter=filter,
+            filters=filters,
+            sort=sort,
+            parse=parse,
+            ranking=ranking,
+            cutoff=cutoff,
+            min_score=min_score,
         )
 
     def more_like_this(self, item_id: str, *, k: int = 10) -> list[Hit]:

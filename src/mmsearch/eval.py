@@ -25,7 +25,7 @@ from pathlib import Path
 
 from mmsearch.engine import MMSearch
 from mmsearch.images import ImageError, load_image
-from mmsearch.search import Mode
+from mmsearch.search import Mode, pool_size
 from mmsearch.sources import SourceItem, iter_source
 
 KS = (1, 5, 10)
@@ -91,16 +91,26 @@ def label_queries(labels: set[str], lang: str) -> dict[str, str]:
 
 
 def _batched(
-    mm: MMSearch, texts: list[str], modes: Sequence[Mode], k: int
+    mm: MMSearch, texts: list[str], modes: Sequence[Mode], k: int, ranking: str = "fused"
 ) -> dict[Mode, list[list[str]]]:
-    """Ranked ids per text for each text mode; each text is embedded once for all modes."""
+    """Ranked ids per text for each text mode, ranked as the CLI ranks them (``ranking``):
+    each text is embedded once for all modes, in batches, and its vector list fused with
+    its lexical list one text at a time."""
     out: dict[Mode, list[list[str]]] = {m: [] for m in modes}
+    pool = pool_size(k) if ranking == "fused" else k
     for start in range(0, len(texts), 256):
         chunk = texts[start : start + 256]
         vectors = mm.embedder.embed_texts(chunk, query=True)
         for mode in modes:
-            hits = mm.searcher.search_vectors(vectors, mode=mode, k=k, texts=chunk)
-            out[mode] += [[h.id for h in row] for row in hits]
+            rows = mm.searcher.search_vectors(vectors, mode=mode, k=pool, texts=chunk)
+            if ranking != "vector":
+                rows = [
+                    mm.searcher.fuse(
+                        text, row if ranking == "fused" else [], k=k, ranking=ranking
+                    ).hits
+                    for text, row in zip(chunk, rows, strict=True)
+                ]
+            out[mode] += [[h.id for h in row[:k]] for row in rows]
     return out
 
 
@@ -123,7 +133,11 @@ def _image_runs(
 
 
 def evaluate_labels(
-    mm: MMSearch, index_items: list[SourceItem], query_items: list[SourceItem] | None, k: int = 10
+    mm: MMSearch,
+    index_items: list[SourceItem],
+    query_items: list[SourceItem] | None,
+    k: int = 10,
+    ranking: str = "fused",
 ) -> list[Score]:
     """Scores for a labelled collection already indexed in ``mm``."""
     from mmsearch.sources import item_id
@@ -135,7 +149,7 @@ def evaluate_labels(
     for lang in ("en", "zh"):
         queries = label_queries(set(by_label), lang)
         labels = sorted(queries)
-        ranked = _batched(mm, [queries[lab] for lab in labels], [Mode.text2image], k)[
+        ranked = _batched(mm, [queries[lab] for lab in labels], [Mode.text2image], k, ranking)[
             Mode.text2image
         ]
         runs = [(r, by_label[lab]) for r, lab in zip(ranked, labels, strict=True)]
@@ -176,7 +190,11 @@ def read_captions(path: Path) -> list[tuple[str, str, str]]:
 
 
 def evaluate_captions(
-    mm: MMSearch, captions: list[tuple[str, str, str]], images_dir: Path, k: int = 10
+    mm: MMSearch,
+    captions: list[tuple[str, str, str]],
+    images_dir: Path,
+    k: int = 10,
+    ranking: str = "fused",
 ) -> list[Score]:
     """Caption -> its image, per query group, for text2image and text2text."""
     from mmsearch.sources import item_id
@@ -186,7 +204,7 @@ def evaluate_captions(
         by_group[group].append((caption, item_id(images_dir / image)))
     # Each distinct caption is embedded and searched once, whichever groups it is in.
     texts = sorted({c for pairs in by_group.values() for c, _ in pairs})
-    ranked_by_mode = _batched(mm, texts, [Mode.text2image, Mode.text2text], k)
+    ranked_by_mode = _batched(mm, texts, [Mode.text2image, Mode.text2text], k, ranking)
     scores = []
     for group in sorted(by_group):
         for mode, ranked in ranked_by_mode.items():

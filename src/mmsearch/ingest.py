@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from mmsearch.config import Settings
+from mmsearch.enrich import EnrichReport
 from mmsearch.filters import wall_clock_seconds
 from mmsearch.images import ImageError, LoadedImage, decode_photo, hash_bytes, read_file
 from mmsearch.metadata import PhotoFacts
@@ -66,6 +67,8 @@ class IngestReport:
     #: Seconds spent per stage (read+decode is summed over the reading threads, which run
     #: beside the models; the others are on the runner's thread). Shows where time goes.
     stages: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    #: The OCR pass that followed, if one did.
+    ocr: EnrichReport | None = None
 
     @property
     def images_per_second(self) -> float:
@@ -87,6 +90,7 @@ class IngestReport:
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
             "stage_seconds": {k: round(v, 3) for k, v in self.stages.items()},
+            **({"ocr": self.ocr.as_dict(full_paths=full_paths)} if self.ocr else {}),
         }
 
     def add(self, other: IngestReport) -> None:

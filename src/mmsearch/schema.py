@@ -17,8 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from mmsearch import lexical
+
 #: Bump with an entry in ADDED_FIELDS (and RECORD_STEPS if needed) when the layout changes.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 IMAGE_FIELD = "image_embedding"
 TEXT_FIELD = "text_embedding"
@@ -37,6 +39,17 @@ class Field:
     dtype: str  # a pymilvus DataType member name
     max_length: int = 0
     default: Any = None
+    #: For ARRAY fields: the element type (a DataType member name) and most elements.
+    element_type: str = ""
+    max_capacity: int = 0
+
+    def options(self) -> dict[str, Any]:
+        """The keyword arguments of ``CollectionSchema.add_field`` beyond name and type,
+        with types still as names (``Store`` maps them to ``DataType``)."""
+        out: dict[str, Any] = {"max_length": self.max_length} if self.max_length else {}
+        if self.element_type:
+            out |= {"element_type": self.element_type, "max_capacity": self.max_capacity}
+        return out
 
 
 BASE_FIELDS = (
@@ -56,6 +69,10 @@ BASE_FIELDS = (
 #: ``taken_at`` is the wall-clock time where it was taken in seconds since 1970 (0: not
 #: known; see ``filters.py``); places are the gazetteer's (``places.py``); the ``*_key``
 #: fields are lower-case copies for prefix filters (Milvus 2.3 matches prefixes only).
+#: 4: the text read off the photo (``ocr.py``; ``ocr_version`` names what read it, "" for
+#: not read yet, so an OCR pass resumes where it stopped) and ``lex_tokens``, the row's
+#: searchable terms for lexical search (``lexical.py``), computed from the stored texts on
+#: every write.
 ADDED_FIELDS: dict[int, tuple[Field, ...]] = {
     2: (Field("file_size", "INT64", default=0), Field("mtime_ns", "INT64", default=0)),
     3: (
@@ -78,6 +95,19 @@ ADDED_FIELDS: dict[int, tuple[Field, ...]] = {
         Field("camera_model_key", "VARCHAR", 128, ""),
         Field("file_format", "VARCHAR", 16, ""),
     ),
+    4: (
+        Field("ocr_text", "VARCHAR", 4096, ""),
+        Field("ocr_confidence", "FLOAT", default=0.0),
+        Field("ocr_version", "VARCHAR", 128, ""),
+        Field(
+            lexical.TOKENS_FIELD,
+            "ARRAY",
+            lexical.TOKEN_MAX_BYTES,
+            [],
+            element_type="VARCHAR",
+            max_capacity=lexical.TOKENS_CAPACITY,
+        ),
+    ),
 }
 #: The fields of version 3 that ``Item.facts`` carries (all but the lower-case keys).
 FACT_FIELDS = tuple(f.name for f in ADDED_FIELDS[3] if not f.name.endswith("_key"))
@@ -95,8 +125,9 @@ def scalar_fields(version: int = SCHEMA_VERSION) -> list[Field]:
 
 
 def output_fields(version: int = SCHEMA_VERSION) -> list[str]:
-    """The scalar fields returned with every hit."""
-    return [f.name for f in scalar_fields(version)]
+    """The scalar fields returned with every hit: all but ``lex_tokens`` (up to a thousand
+    terms a row, recomputed from the texts whenever a row is written)."""
+    return [f.name for f in scalar_fields(version) if f.name != lexical.TOKENS_FIELD]
 
 
 def upgrade_record(record: dict[str, Any], from_version: int) -> dict[str, Any]:
@@ -126,6 +157,10 @@ class Item:
     mtime_ns: int = 0
     #: When, where, with what (schema 3): FACT_FIELDS -> value, defaults where unknown.
     facts: dict[str, Any] = field(default_factory=dict)
+    #: The text read off the photo, its mean confidence, and what read it ("": not yet).
+    ocr_text: str = ""
+    ocr_confidence: float = 0.0
+    ocr_version: str = ""
 
     def fact(self, name: str) -> Any:
         """A fact, or its default when the row has none (an older row, an unknown value)."""
@@ -151,15 +186,22 @@ class Item:
             file_size=int(entity.get("file_size", 0)),
             mtime_ns=int(entity.get("mtime_ns", 0)),
             facts={k: entity[k] for k in FACT_FIELDS if k in entity},
+            ocr_text=entity.get("ocr_text", ""),
+            ocr_confidence=float(entity.get("ocr_confidence", 0.0)),
+            ocr_version=entity.get("ocr_version", ""),
         )
 
 
 @dataclass
 class Hit(Item):
-    """A search result: the item and its similarity score (higher is better for COSINE/IP,
-    lower for L2, as Milvus reports it)."""
+    """A search result: the item and its score. From one vector search, the similarity as
+    Milvus reports it (higher is better for COSINE/IP, lower for L2); from a fused text
+    search, the fusion's score (``rank.rrf``), with ``why`` saying what matched."""
 
     score: float = 0.0
+    #: Why a fused or lexical result matched: ``matched_by`` (vector, lexical, both), each
+    #: list's score and rank, and ``matches`` (``lexical.Match`` spans, for highlighting).
+    why: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -204,6 +246,9 @@ def row_record(row: Row) -> dict[str, Any]:
         "file_size": int(it.file_size),
         "mtime_ns": int(it.mtime_ns),
         **_fact_record(it),
+        "ocr_text": truncate(it.ocr_text, _limit("ocr_text")),
+        "ocr_confidence": float(it.ocr_confidence),
+        "ocr_version": truncate(it.ocr_version, _limit("ocr_version")),
         IMAGE_FIELD: np.asarray(row.image_embedding, np.float32).tolist(),
         TEXT_FIELD: np.asarray(row.text_embedding, np.float32).tolist(),
     }

@@ -13,21 +13,25 @@ Mode names are the same everywhere (CLI, API, Python, docs):
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from mmsearch import rank
 from mmsearch.config import Metric, Settings
 from mmsearch.filters import Filters, Near, expression, within
 from mmsearch.images import ImageError, decode_image, read_file
+from mmsearch.lexical import LexicalHit, LexicalIndex
+from mmsearch.lexical import matches as lexical_matches
 from mmsearch.providers import Embedder, get_embedder
 from mmsearch.providers.base import feature_queries
-from mmsearch.store import FEATURE_FIELD, IMAGE_FIELD, TEXT_FIELD, Hit, Store
+from mmsearch.store import FEATURE_FIELD, IMAGE_FIELD, TEXT_FIELD, Hit, Item, Store
 
 
 class Mode(StrEnum):
@@ -77,6 +81,23 @@ def check_query(query: object, mode: Mode | str | None, k: int, *, paths: bool =
 
 #: How results are ordered: by similarity to the query, or newest photo first.
 SORTS = ("relevance", "date")
+#: How a text query is ranked: vectors and words fused (default), or either alone.
+RANKINGS = ("fused", "vector", "lexical")
+#: Relevance cutoffs: none, or where the score curve bends (``rank.autocut``).
+CUTOFFS = ("none", "auto")
+#: The lexical list's weight in the fusion, the vector list's being 1: a photo holding
+#: the query's words (read off it, in its file name) comes before one that only looks like
+#: them when both lists rank it first.
+LEXICAL_WEIGHT = 2.0
+#: The lexical weight follows the BM25F score over the best's to this power: a row holding
+#: part of a phrase ("合计书店" for "合计学校") counts for much less than one holding it all.
+LEXICAL_SHARPNESS = 2.0
+#: How deep each list is read before fusion.
+FUSION_POOL = 50
+#: The cutoff looks at this many first scores (a long flat tail hides the bend).
+CUTOFF_WINDOW = 50
+#: Image->image similarity of the same picture (re-saved, resized), by metric.
+NEAR_IDENTICAL = {"COSINE": 0.95, "IP": 0.95, "L2": -0.1}
 #: Candidates fetched per result wanted when a filter is checked after the search (a
 #: distance from a point, which Milvus cannot compute).
 NEAR_OVERSAMPLING = 4
@@ -91,6 +112,10 @@ class Results:
     mode: Mode | None
     text: str
     filters: Filters = field(default_factory=Filters)
+    #: How the hits were ranked (``RANKINGS``; "" for images and browsing).
+    ranking: str = ""
+    #: Hits below the relevance cutoff, for a "show more" (empty without a cutoff).
+    more: list[Hit] = field(default_factory=list)
 
 
 class Searcher:
@@ -117,14 +142,19 @@ class Searcher:
         filter: str = "",
         sort: str = "relevance",
         parse: bool = True,
+        ranking: str = "fused",
+        cutoff: str = "none",
+        min_score: float | None = None,
     ) -> Results:
         """Search with filters; a text's words that name a time or place become filters
         too (unless ``parse`` is off), and a query of filters alone browses by them.
 
         ``filter`` is a raw Milvus expression (the CLI's --filter), ANDed with ``filters``.
+        A text is ranked by ``ranking`` (``RANKINGS``: vectors and words fused, or either
+        alone); ``cutoff="auto"`` and ``min_score`` move the hits past the point where
+        relevance ends to ``Results.more`` (``rank.py``).
         """
-        if sort not in SORTS:
-            raise QueryError(f"sort must be one of {', '.join(SORTS)}, got {sort!r}")
+        check_options(sort, ranking, cutoff)
         filters = filters or Filters()
         text_mode = mode is None or not Mode(mode).takes_image
         if isinstance(query, str) and parse and text_mode and query.strip():
@@ -134,13 +164,50 @@ class Searcher:
         if query is None or (isinstance(query, str) and not query.strip() and text_mode):
             hits = self.browse(expr, k=k, near=filters.near)
             return Results(_sorted(hits, "date"), None, "", filters)
-        wanted = min(MAX_K, k * NEAR_OVERSAMPLING) if filters.near else k
-        hits = self.search(query, mode=mode, k=wanted, filter=expr)
-        if filters.near:
-            hits = [h for h in hits if _near(filters.near, h)][:k]
         mode = check_query(query, mode, k, paths=True)
-        text = query if isinstance(query, str) else ""
-        return Results(_sorted(hits, sort), mode, text, filters)
+        wanted = min(MAX_K, k * NEAR_OVERSAMPLING) if filters.near else k
+        if not mode.takes_image:
+            assert isinstance(query, str)
+            ranked = self.ranked_text(query, mode=mode, k=wanted, filter=expr, ranking=ranking)
+        else:
+            hits = self.search(query, mode=mode, k=wanted, filter=expr)
+            ranked = Ranked(hits, [self._similarity(h) for h in hits], [])
+        if filters.near:
+            ranked = ranked.only(lambda h: _near(filters.near, h))
+        shown, more = ranked.cut(k, cutoff=cutoff, min_score=min_score, keep_above=self._same(mode))
+        text, used = ("", "") if mode.takes_image else (str(query), ranking)
+        return Results(_sorted(shown, sort), mode, text, filters, used, _sorted(more, sort))
+
+    def ranked_text(
+        self, text: str, *, mode: Mode, k: int, filter: str = "", ranking: str = "fused"
+    ) -> Ranked:
+        """A text query's hits by ``ranking``: the vector list, the lexical list (BM25F over
+        the rows' words, ``lexical.py``), or both fused by reciprocal rank (``rank.rrf``).
+        Each list is read ``pool_size(k)`` deep so that fusion can lift a hit either list
+        ranks below ``k``. Every hit says where the query's words occur in it (``why``)."""
+        pool = pool_size(k) if ranking == "fused" else k
+        vector = []
+        if ranking != "lexical":
+            vector = self.search_text(text, mode=mode, k=pool, filter=filter)
+        return self.fuse(text, vector, k=k, filter=filter, ranking=ranking)
+
+    def fuse(
+        self, text: str, vector: list[Hit], *, k: int, filter: str = "", ranking: str = "fused"
+    ) -> Ranked:
+        """``ranked_text`` with the vector list already searched (``mmsearch eval`` embeds
+        its queries in batches): the lexical list is searched here and the two fused."""
+        pool = pool_size(k) if ranking == "fused" else k
+        lexical = self.lexical.search(text, k=pool, filter=filter) if ranking != "vector" else []
+        fused = rank.rrf(vector, lexical, lexical_weight=self._lexical_weight(lexical))[:k]
+        items = {h.id: h for h in vector}
+        items |= {i.id: i for i in self.store.items([f.id for f in fused if f.id not in items])}
+        hits = [_explained(items[f.id], f, text, ranking) for f in fused if f.id in items]
+        return Ranked(
+            hits,
+            [self._similarity(h) for h in vector],
+            [h.score for h in lexical],
+            fused=ranking == "fused",
+        )
 
     def browse(self, expr: str, *, k: int, near: Near | None = None) -> list[Hit]:
         """Items matching ``expr`` (every item if empty), newest photo first."""
@@ -261,6 +328,33 @@ class Searcher:
             score = hit.score / scale
         return dataclasses.replace(hit, score=score)
 
+    @cached_property
+    def lexical(self) -> LexicalIndex:
+        return LexicalIndex(self.store)
+
+    def _lexical_weight(self, lexical: Sequence[LexicalHit]) -> Callable[[LexicalHit], float]:
+        """A lexical hit's weight in the fusion: ``LEXICAL_WEIGHT``, times the weight of the
+        surest field it matched in (a classifier's description counts less than the text
+        on the photo, ``lexical.DEFAULT_WEIGHTS``), times its BM25F score over the best's
+        (squared, ``LEXICAL_SHARPNESS``).
+        The last keeps what ranks alone lose: a row holding the whole phrase scores many
+        times one holding a single character of it, though their ranks differ by one."""
+        top = max((h.score for h in lexical), default=0.0) or 1.0
+        weights = self.lexical.weights
+        return lambda h: (
+            LEXICAL_WEIGHT
+            * rank.field_weight(h.fields, weights)
+            * (h.score / top) ** LEXICAL_SHARPNESS
+        )
+
+    def _similarity(self, hit: Hit) -> float:
+        return rank.similarity(hit.score, self.settings.metric.value)
+
+    def _same(self, mode: Mode) -> float | None:
+        """The similarity above which an image->image result is the same picture: those
+        are always shown, first."""
+        return NEAR_IDENTICAL[self.settings.metric.value] if mode is Mode.image2image else None
+
     def _as_image(self, query: str | Path | Image.Image) -> Image.Image:
         if isinstance(query, Image.Image):
             return query.convert("RGB")
@@ -271,6 +365,88 @@ class Searcher:
         except ImageError as exc:
             raise QueryError(f"{path}: {exc}") from None
         return image
+
+
+@dataclass
+class Ranked:
+    """A ranking before its cut: the hits in order, and the scores of the lists they came
+    from (vector similarities, higher better; BM25F scores), which the cutoff reads."""
+
+    hits: list[Hit]
+    vector_scores: list[float]
+    lexical_scores: list[float]
+    fused: bool = False
+
+    def only(self, keep: Callable[[Hit], bool]) -> Ranked:
+        """The hits ``keep`` accepts; one list's scores stay aligned with its hits."""
+        kept = [i for i, h in enumerate(self.hits) if keep(h)]
+        hits = [self.hits[i] for i in kept]
+        if self.fused:  # cut by each hit's rank in its lists, not by position
+            return dataclasses.replace(self, hits=hits)
+        scores = self.vector_scores or self.lexical_scores
+        scores = [scores[i] for i in kept if i < len(scores)]
+        if self.vector_scores:
+            return dataclasses.replace(self, hits=hits, vector_scores=scores)
+        return dataclasses.replace(self, hits=hits, lexical_scores=scores)
+
+    def cut(
+        self, k: int, *, cutoff: str, min_score: float | None, keep_above: float | None
+    ) -> tuple[list[Hit], list[Hit]]:
+        """(shown, more) of the first ``k`` hits. A fused list is cut on each list's own
+        curve (``rank.cut_fused``); ``min_score`` bounds the vector similarity."""
+        hits = self.hits[:k]
+        if cutoff == "none" and min_score is None:
+            return hits, []
+        if not self.fused:
+            scores = self.vector_scores or self.lexical_scores
+            n = rank.cutoff(
+                scores[: len(hits)],
+                method=cutoff,
+                min_score=min_score,
+                keep_above=keep_above,
+                window=CUTOFF_WINDOW,
+            )
+            return hits[:n], hits[n:]
+        v = rank.cutoff(
+            self.vector_scores, method=cutoff, min_score=min_score, window=CUTOFF_WINDOW
+        )
+        lx = rank.cutoff(self.lexical_scores, method=cutoff, window=CUTOFF_WINDOW)
+        shown = [h for h in hits if _within(h.why, v, lx)]
+        return shown, [h for h in hits if not _within(h.why, v, lx)]
+
+
+def pool_size(k: int) -> int:
+    """How deep each list is read before fusion."""
+    return min(MAX_K, max(k, FUSION_POOL))
+
+
+def _within(why: dict[str, Any], vector_keep: int, lexical_keep: int) -> bool:
+    v, lx = why.get("vector_rank"), why.get("lexical_rank")
+    return (v is not None and v <= vector_keep) or (lx is not None and lx <= lexical_keep)
+
+
+def _explained(item: Item, fused: rank.Fused, text: str, ranking: str) -> Hit:
+    """A ranked item as a hit: its score in ``ranking`` and why it matched."""
+    score = {"vector": fused.vector_score, "lexical": fused.lexical_score}.get(ranking)
+    base = {k: v for k, v in item.__dict__.items() if k not in ("score", "why")}
+    why = {
+        "matched_by": fused.matched_by,
+        "vector_rank": fused.vector_rank,
+        "vector_score": fused.vector_score,
+        "lexical_rank": fused.lexical_rank,
+        "lexical_score": fused.lexical_score,
+        "matches": [m.as_dict() for m in lexical_matches(item, text)],
+    }
+    return Hit(**base, score=float(fused.score if score is None else score), why=why)
+
+
+def check_options(sort: str, ranking: str, cutoff: str) -> None:
+    if sort not in SORTS:
+        raise QueryError(f"sort must be one of {', '.join(SORTS)}, got {sort!r}")
+    if ranking not in RANKINGS:
+        raise QueryError(f"ranking must be one of {', '.join(RANKINGS)}, got {ranking!r}")
+    if cutoff not in CUTOFFS:
+        raise QueryError(f"cutoff must be one of {', '.join(CUTOFFS)}, got {cutoff!r}")
 
 
 def _near(near: Near, hit: Hit) -> bool:

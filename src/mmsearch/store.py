@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from mmsearch.backends import (
 )
 from mmsearch.config import Settings
 from mmsearch.filters import literal
+from mmsearch.lexical import TOKENS_FIELD, row_tokens
 from mmsearch.schema import (
     FEATURE_FIELD,
     IMAGE_FIELD,
@@ -231,8 +232,10 @@ class Store:
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
         for f in scalar_fields(self.schema_version):
-            limit = {"max_length": f.max_length} if f.max_length else {}
-            schema.add_field(f.name, DataType[f.dtype], **limit)
+            options = f.options()
+            if "element_type" in options:
+                options["element_type"] = DataType[options["element_type"]]
+            schema.add_field(f.name, DataType[f.dtype], **options)
         for name, d in vectors.items():
             schema.add_field(name, DataType.FLOAT_VECTOR, dim=d)
 
@@ -343,6 +346,8 @@ class Store:
         name = collection or self.collection
         keep = {"id", *(f.name for f in scalar_fields(self.schema_version))}
         records = [{k: v for k, v in r.items() if k in keep or k in VECTOR_FIELDS} for r in records]
+        if TOKENS_FIELD in keep:  # the terms follow the texts, whoever changed them
+            records = [{**r, TOKENS_FIELD: row_tokens(r)} for r in records]
         if self.split:
             for vec in SIDE_FIELDS:
                 side = [
@@ -364,12 +369,21 @@ class Store:
     def set_file_facts(self, facts: dict[str, tuple[int, int]]) -> None:
         """Record new (size, mtime_ns) for files whose content did not change (a file
         touched or copied over with the same bytes), so the next run skips them by stat."""
-        for start in range(0, len(facts), PAGE):
-            ids = list(facts)[start : start + PAGE]
-            records = self.get(ids, with_vectors=True)
+        self.update({i: {"file_size": s, "mtime_ns": m} for i, (s, m) in facts.items()})
+
+    def update(self, changes: Mapping[str, Mapping[str, Any]]) -> int:
+        """Set scalar fields of stored rows (id -> field -> value), keeping their vectors:
+        Milvus has no partial update, so each row is read whole and written back (its
+        ``lex_tokens`` follow the new texts). Rows deleted meanwhile are skipped; returns
+        the number written."""
+        written = 0
+        ids = list(changes)
+        for start in range(0, len(ids), PAGE):
+            records = self.get(ids[start : start + PAGE], with_vectors=True)
             for r in records:
-                r["file_size"], r["mtime_ns"] = facts[r["id"]]
-            self._write(records)
+                r.update(changes[r["id"]])
+            written += self._write(records) if records else 0
+        return written
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -392,6 +406,20 @@ class Store:
         try:
             while page := it.next():
                 found.update({r["id"]: r["origin"] for r in page if r["origin"].startswith(prefix)})
+        finally:
+            it.close()
+        return found
+
+    def ids_where(self, filter: str) -> list[str]:
+        """The ids of every row matching ``filter``, read a page at a time."""
+        self._load()
+        found: list[str] = []
+        it = self.client.query_iterator(
+            self.collection, batch_size=PAGE, filter=filter, output_fields=["id"]
+        )
+        try:
+            while page := it.next():
+                found += [r["id"] for r in page]
         finally:
             it.close()
         return found

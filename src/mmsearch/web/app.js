@@ -97,51 +97,112 @@ function when(hit) {
   return [date, place].filter(Boolean).join(" · ");
 }
 
+// The text with the spans [start, end) marked: built from text nodes and <mark>
+// elements, never from HTML, so a photo's text cannot inject anything.
+function highlighted(text, spans) {
+  const out = document.createDocumentFragment();
+  let at = 0;
+  for (const { start, end } of [...spans].sort((a, b) => a.start - b.start)) {
+    if (start < at) continue;
+    out.append(text.slice(at, start));
+    const mark = document.createElement("mark");
+    mark.textContent = text.slice(start, end);
+    out.append(mark);
+    at = end;
+  }
+  out.append(text.slice(at));
+  return out;
+}
+
+// Where the query's words were found in a field of the hit (offsets into its value).
+function spansIn(hit, field) {
+  return ((hit.why && hit.why.matches) || []).filter((m) => m.field === field);
+}
+
+// The text read off the photo, cut to about `room` characters around its first match.
+function ocrLine(hit, room = 90) {
+  const text = hit.ocr_text.replace(/\n/g, " ");
+  const spans = spansIn(hit, "ocr_text");
+  const from = spans.length ? Math.max(0, Math.min(...spans.map((m) => m.start)) - 30) : 0;
+  const shown = text.slice(from, from + room);
+  const line = document.createElement("div");
+  line.className = "ocr";
+  line.title = "Text in the photo";
+  if (from > 0) line.append("…");
+  line.append(highlighted(shown, spans.map((m) => ({ start: m.start - from, end: m.end - from }))
+    .filter((m) => m.start >= 0 && m.end <= shown.length)));
+  if (from + room < text.length) line.append("…");
+  return line;
+}
+
+function card(hit) {
+  const el = document.createElement("article");
+  el.className = "card";
+  el.dataset.id = hit.id;
+  if (hit.why) el.dataset.matchedBy = hit.why.matched_by;
+  const img = document.createElement("img");
+  img.loading = "lazy";
+  img.src = hit.thumbnail_url;
+  img.alt = hit.description;
+  const info = document.createElement("div");
+  info.className = "info";
+  const score = document.createElement("span");
+  score.className = "score";
+  score.textContent = hit.score.toFixed(3);
+  const label = document.createElement("div");
+  label.className = "label";
+  if (hit.label) label.append(highlighted(hit.label, spansIn(hit, "label")));
+  else label.append(highlighted(hit.filename, spansIn(hit, "file_name")));
+  const desc = document.createElement("div");
+  desc.className = "desc";
+  desc.append(highlighted(hit.description, spansIn(hit, "description")));
+  const taken = document.createElement("div");
+  taken.className = "when";
+  taken.textContent = when(hit);
+  info.append(score, label, desc);
+  if (hit.ocr_text) info.append(ocrLine(hit));
+  info.append(taken);
+  if (hit.copies) {
+    const copies = document.createElement("div");
+    copies.className = "copies";
+    copies.textContent = `+${hit.copies} duplicate${hit.copies > 1 ? "s" : ""}`;
+    info.append(copies);
+  }
+  el.append(img, info);
+  el.addEventListener("click", () => openViewer(hit));
+  return el;
+}
+
+// Results past the point where relevance ends (the server's cutoff) wait behind a button.
+function showMoreButton(more) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.id = "show-more";
+  button.textContent = `Show ${more.length} more`;
+  button.title = "Results past the point where relevance ends";
+  button.addEventListener("click", () => {
+    button.replaceWith(...more.map(card));
+    setStatus(`${results.querySelectorAll(".card").length} results`);
+  });
+  return button;
+}
+
 function render(data) {
   const textMode = data.mode === "text2text" || data.mode === "image2text";
   results.classList.toggle("text", textMode);
   renderChips(data.filters);
   results.replaceChildren();
+  const more = data.more || [];
   if (!data.hits.length) {
     const p = document.createElement("p");
     p.className = "empty";
-    p.textContent = "No results.";
+    p.textContent = more.length ? "Nothing clearly relevant." : "No results.";
     results.append(p);
   }
-  for (const hit of data.hits) {
-    const card = document.createElement("article");
-    card.className = "card";
-    card.dataset.id = hit.id;
-    const img = document.createElement("img");
-    img.loading = "lazy";
-    img.src = hit.thumbnail_url;
-    img.alt = hit.description;
-    const info = document.createElement("div");
-    info.className = "info";
-    const score = document.createElement("span");
-    score.className = "score";
-    score.textContent = hit.score.toFixed(3);
-    const label = document.createElement("div");
-    label.className = "label";
-    label.textContent = hit.label || hit.filename;
-    const desc = document.createElement("div");
-    desc.className = "desc";
-    desc.textContent = hit.description;
-    const taken = document.createElement("div");
-    taken.className = "when";
-    taken.textContent = when(hit);
-    info.append(score, label, desc, taken);
-    if (hit.copies) {
-      const copies = document.createElement("div");
-      copies.className = "copies";
-      copies.textContent = `+${hit.copies} duplicate${hit.copies > 1 ? "s" : ""}`;
-      info.append(copies);
-    }
-    card.append(img, info);
-    card.addEventListener("click", () => openViewer(hit));
-    results.append(card);
-  }
-  setStatus(`${data.hits.length} results · ${data.mode || "browse, newest first"} · ${data.took_ms} ms`);
+  results.append(...data.hits.map(card));
+  if (more.length) results.append(showMoreButton(more));
+  const hidden = more.length ? ` (${more.length} less relevant hidden)` : "";
+  setStatus(`${data.hits.length} results${hidden} · ${data.mode || "browse, newest first"} · ${data.took_ms} ms`);
 }
 
 async function searchText(text) {
@@ -152,6 +213,7 @@ async function searchText(text) {
   params.set("q", text);
   params.set("mode", mode.value);
   params.set("k", "24");
+  params.set("cutoff", "auto");
   render(await call(`${API}/search?${params}`));
 }
 
@@ -218,7 +280,9 @@ async function searchImage(blob) {
   body.append("file", blob, blob.name || "query.png");
   body.append("mode", mode.value);
   body.append("k", "24");
-  render(await call(`${API}/search/image?${filterParams()}`, { method: "POST", body }));
+  const params = filterParams();
+  params.set("cutoff", "auto");
+  render(await call(`${API}/search/image?${params}`, { method: "POST", body }));
 }
 
 async function moreLikeThis(id) {
