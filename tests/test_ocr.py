@@ -3,14 +3,19 @@ on them (``tests/textphotos.py``): a sample of what ``bench/ocr.py`` measures on
 
 from __future__ import annotations
 
+import json
 import shutil
 import uuid
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw, ImageFont
+from typer.testing import CliRunner
 
 from mmsearch import MMSearch, Settings
+from mmsearch.api import create_app
+from mmsearch.cli import app
 from mmsearch.ocr import OcrEngine, normalize
 
 from . import textphotos
@@ -189,3 +194,73 @@ def test_the_ocr_pass_resumes_and_a_moved_photo_keeps_its_text(
         assert report.moved == 1 and report.ocr is not None and report.ocr.pending == 0
         moved = {Path(i.origin).name: i.ocr_text for i in mm.store.iter_items()}
         assert moved[f"moved-{name}"] == read[name]
+
+
+# -- the CLI and the HTTP API on a library read by OCR ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lite_library(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, corpus_dir: Path):
+    """The corpus's text photos in a Lite file, indexed by the CLI with --ocr."""
+    root = tmp_path_factory.mktemp("cli-ocr")
+    env = {"MMSEARCH_URI": str(root / "t.db"), "MMSEARCH_CACHE_DIR": str(cache_dir)}
+    res = CliRunner().invoke(app, ["index", str(corpus_dir / "text"), "--ocr", "--json"], env=env)
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["ocr"]["read"] == CORPUS_N and report["ocr"]["with_text"] >= CORPUS_N - 1
+    return env
+
+
+def _phrase(env: dict[str, str]) -> tuple[str, str]:
+    """A phrase without spaces that OCR read on exactly one photo, and that photo's name."""
+    settings = Settings(uri=env["MMSEARCH_URI"], cache_dir=Path(env["MMSEARCH_CACHE_DIR"]))
+    with MMSearch(settings=settings) as mm:
+        texts = {Path(i.origin).name: normalize(i.ocr_text) for i in mm.store.iter_items()}
+    for line in sorted({ln for t in texts.values() for ln in t.split() if len(ln) >= 4}):
+        holders = [name for name, text in texts.items() if line in text]
+        if len(holders) == 1:
+            return line, holders[0]
+    raise AssertionError(f"no phrase read on one photo only: {texts}")
+
+
+def test_cli_ranking_cutoff_and_why(lite_library):
+    phrase, name = _phrase(lite_library)
+    cli = CliRunner()
+    res = cli.invoke(app, ["search", phrase, "--json", "--cutoff", "auto"], env=lite_library)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["ranking"] == "fused" and out["hits"] and len(out["hits"]) + len(out["more"]) == 10
+    top = out["hits"][0]
+    assert Path(top["origin"]).name == name
+    assert any(m["field"] == "ocr_text" for m in top["why"]["matches"]), top["why"]
+    res = cli.invoke(app, ["search", phrase, "--ranking", "lexical", "-k", "3"], env=lite_library)
+    assert res.exit_code == 0 and "words found" in res.stdout and "text:" in res.stdout
+    res = cli.invoke(app, ["search", phrase, "--ranking", "bm25"], env=lite_library)
+    assert res.exit_code == 1 and res.output.startswith("error: ranking must be one of")
+    assert "Traceback" not in res.output and "QUERY" not in res.output
+    res = cli.invoke(app, ["enrich", "ocr", "--json"], env=lite_library)
+    assert res.exit_code == 0 and json.loads(res.stdout)["pending"] == 0  # all read already
+
+
+def test_api_ranking_cutoff_and_why(lite_library):
+    phrase, name = _phrase(lite_library)
+    settings = Settings(uri=lite_library["MMSEARCH_URI"], cache_dir=cache_dir_of(lite_library))
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:
+        res = client.get("/api/v1/search", params={"q": phrase, "k": 10, "cutoff": "auto"})
+        assert res.status_code == 200, res.text
+        body = res.json()
+        assert body["ranking"] == "fused" and len(body["hits"]) + len(body["more"]) == 10
+        top = body["hits"][0]
+        assert top["filename"] == name and normalize(phrase) in normalize(top["ocr_text"])
+        spans = [m for m in top["why"]["matches"] if m["field"] == "ocr_text"]
+        assert spans and all(top["ocr_text"][m["start"] : m["end"]] == m["text"] for m in spans)
+        assert "origin" not in top  # no folder disclosed
+        res = client.get("/api/v1/search", params={"q": phrase, "ranking": "vector"})
+        assert res.json()["hits"][0]["why"]["matched_by"] == "vector"
+        for bad in ({"ranking": "bm25"}, {"cutoff": "sometimes"}):
+            res = client.get("/api/v1/search", params={"q": phrase, **bad})
+            assert res.status_code == 422 and "detail" in res.json()
+
+
+def cache_dir_of(env: dict[str, str]) -> Path:
+    return Path(env["MMSEARCH_CACHE_DIR"])

@@ -301,8 +301,12 @@ def search(
     options |= dict(label=label, orientation=orientation)
     given = image if image is not None else query
     try:
-        _check_search(query, image, any(options.values()) or bool(filter))
         check_options(sort, ranking, cutoff)  # before anything is opened
+    except QueryError as exc:
+        _fail(exc)
+        return
+    try:
+        _check_search(query, image, any(options.values()) or bool(filter))
         if given is not None:
             check_query(given, mode, k)
         with MMSearch(settings=_settings()) as mm:

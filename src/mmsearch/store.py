@@ -550,13 +550,16 @@ class Store:
         field: str,
         k: int,
         filter: str = "",
+        min_ef: int = 0,
     ) -> list[list[Hit]]:
-        """Nearest neighbours of each query vector in ``field``; one hit list per query."""
+        """Nearest neighbours of each query vector in ``field``; one hit list per query.
+        ``min_ef`` raises HNSW's ``ef`` for queries unlike the stored vectors (texts mapped
+        into an image space), which need a wider search for the same recall."""
         vectors = np.atleast_2d(np.asarray(vectors, np.float32))
         self._load()
         params = dict(self.settings.effective_search_params)
         if "ef" in params:  # HNSW refuses ef < k
-            params["ef"] = max(int(params["ef"]), k)
+            params["ef"] = max(int(params["ef"]), k, min_ef)
         results = self.client.search(
             self._collection_of(field),
             data=vectors.tolist(),
