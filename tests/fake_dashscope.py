@@ -4,8 +4,14 @@ DashScope cannot be reached from the test machines, so the provider is tested ag
 server through the real ``dashscope`` SDK. It serves
 
 - ``POST /api/v1/services/embeddings/multimodal-embedding/multimodal-embedding``
-  (``{"model", "input": {"contents": [{"image": ...} | {"text": ...}]}}`` ->
-  ``{"output": {"embeddings": [{"index", "embedding", "type"}]}, "usage", "request_id"}``)
+  (``{"model", "input": {"contents": [{"image": ...} | {"text": ...} | {"image", "text"}]},
+  "parameters": {"dimension", "enable_fusion"}}`` ->
+  ``{"output": {"embeddings": [{"index", "embedding", "type"}]}, "usage", "request_id"}``),
+  with each model's documented limits (``EMBEDDING_MODELS``): contents and images per
+  request, the dimensions it takes, and how it fuses an image with a text
+  (``enable_fusion`` for qwen3-vl-embedding: one vector for the whole request; an
+  image and a text in one content object for the tongyi 2026-03-06 snapshots; always, for
+  qwen2.5-vl-embedding). A model it does not know takes one item and answers 1024-d.
 - ``POST /api/v1/services/aigc/multimodal-generation/generation``
   (``{"model", "input": {"messages": [...]}}`` ->
   ``{"output": {"choices": [{"finish_reason", "message": {"role", "content": [{"text"}]}}]},
@@ -13,7 +19,9 @@ server through the real ``dashscope`` SDK. It serves
 
 with DashScope's error bodies (``{"code", "message", "request_id"}``) and statuses: 401
 ``InvalidApiKey`` for a wrong key, 429 ``Throttling.RateQuota`` with rate-limit headers, 500
-``InternalError``, 400 ``InvalidParameter`` for a bad or over-3-MB image. Faults are
+``InternalError``, 400 ``InvalidParameter`` for a bad, over-3-MB or under-11-pixel image (in
+a batch, the whole request fails, as DashScope's does), too many contents or images, a
+dimension the model does not take, fusion it does not offer. Faults are
 scripted with ``plan(...)`` and served in arrival order; every request is logged with its
 arrival time, so tests can measure rate and concurrency from the server's side.
 
@@ -22,7 +30,9 @@ end: an image's vector holds the share of its pixels nearest each of eleven name
 plus pixel statistics; a text's vector holds the colours it names (中文 or English) plus
 hashed words; the same colour dimensions are shared, so "红色" finds red images. The
 "vision model" describes an image by its colours, brightness and shape, in the language of
-the prompt, in one of three answer layouts (picked by the image) to exercise the parser.
+the prompt, in one of three answer layouts (picked by the image) to exercise the parser;
+the current models (``qwen3-vl-*``, ``qwen-vl-max``) answer in the markdown layouts they
+favour and carry a ``reasoning_content`` field (filled when ``enable_thinking`` is on).
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -48,6 +58,8 @@ DIM = 1024
 EMBEDDING_PATH = "/api/v1/services/embeddings/multimodal-embedding/multimodal-embedding"
 GENERATION_PATH = "/api/v1/services/aigc/multimodal-generation/generation"
 MAX_IMAGE_CHARS = 3 * 1024 * 1024
+#: DashScope refuses images whose width or height is not larger than this.
+MIN_IMAGE_SIDE = 10
 
 #: name_en, name_zh, RGB centre
 COLORS: list[tuple[str, str, tuple[int, int, int]]] = [
@@ -67,6 +79,15 @@ N_COLORS = len(COLORS)
 PIXEL_DIMS = slice(16, 16 + 64 + 64)  # histogram and thumbnail, image vectors only
 HASH_DIMS = (512, 1024)  # hashed words, text vectors only
 COLOR_WEIGHT = 0.8  # share of a vector's length in the colour dimensions
+
+
+#: A text containing this is refused by the content inspection (400 DataInspectionFailed),
+#: as DashScope refuses what its moderation flags: the whole request, not the one text.
+FLAGGED = "<<flagged>>"
+
+
+class InspectionError(ValueError):
+    """Input the service's content inspection refuses."""
 
 
 # -- the fake models ----------------------------------------------------------------------------
@@ -148,6 +169,52 @@ def text_embedding(text: str) -> np.ndarray:
     return _unit(vec)
 
 
+def fit(vector: np.ndarray, dim: int) -> np.ndarray:
+    """A 1024-d fake vector at width ``dim``: padded with zeros, or folded (dimension i sums
+    every dimension congruent to i), so the colour dimensions keep their place."""
+    if dim >= DIM:
+        return np.concatenate([vector, np.zeros(dim - DIM, np.float32)])
+    folded = np.zeros(dim, np.float32)
+    np.add.at(folded, np.arange(DIM) % dim, vector)
+    return _unit(folded)
+
+
+@dataclass(frozen=True)
+class EmbeddingModel:
+    """What the documentation says one embedding model takes (``None``: not limited)."""
+
+    dims: tuple[int, ...] | None  # widths it gives; None: any (a model we do not know)
+    default: int
+    max_contents: int | None
+    max_images: int
+    fusion: str | None = None  # "parameter", "content", "always"
+
+
+_PLUS = (1152, 1024, 512, 256, 128, 64)
+_FLASH = (768, 512, 256, 128, 64)
+#: From Model Studio's "Multimodal embedding API" page. The tongyi models document 8 images
+#: and "no element count limit, a token budget"; qwen3-vl-embedding 20 contents in all;
+#: qwen2.5-vl-embedding fuses every request and takes each modality once.
+EMBEDDING_MODELS: dict[str, EmbeddingModel] = {
+    "multimodal-embedding-v1": EmbeddingModel((1024,), 1024, 1, 1),
+    "tongyi-embedding-vision-plus": EmbeddingModel(_PLUS, 1152, None, 8),
+    "tongyi-embedding-vision-flash": EmbeddingModel(_FLASH, 768, None, 8),
+    "tongyi-embedding-vision-plus-2026-03-06": EmbeddingModel(_PLUS, 1152, None, 8, "content"),
+    "tongyi-embedding-vision-flash-2026-03-06": EmbeddingModel(_FLASH, 768, None, 8, "content"),
+    "qwen3-vl-embedding": EmbeddingModel(
+        (2560, 2048, 1536, 1024, 768, 512, 256), 2560, 20, 20, "parameter"
+    ),
+    "qwen2.5-vl-embedding": EmbeddingModel((2048, 1024, 768, 512), 1024, 2, 1, "always"),
+}
+UNKNOWN_MODEL = EmbeddingModel(None, DIM, 1, 1)
+#: Token budget of one tongyi request (the documentation names one, not its size).
+MAX_REQUEST_TOKENS = 8192
+
+
+def _text_tokens(text: str) -> int:
+    return max(1, len(_tokens(text)))
+
+
 @dataclass(frozen=True)
 class Caption:
     """What the fake vision model sees in an image, in one language."""
@@ -196,6 +263,39 @@ def caption(image: Image.Image, language: str) -> Caption:
     return Caption(text=text, keywords=keywords, answer=answers[layout])
 
 
+#: Models that answer in the newer, markdown-heavy layouts.
+MODERN_VL = ("qwen3-vl", "qwen-vl-max", "qwen3.5", "qwen3.6")
+
+
+def modern_answer(cap: Caption, language: str, layout: int) -> str:
+    """``cap`` as the current Qwen-VL models lay it out (as their documented examples and
+    answers to this prompt do): bold labels with a full-width colon, markdown headings
+    with a bulleted list, or plain labels with ASCII separators."""
+    k = cap.keywords
+    if language == "zh":
+        answers = [
+            f"**描述**：{cap.text}\n\n**关键词**：{'、'.join(k)}",
+            f"## 图片描述\n{cap.text}\n\n## 关键词\n" + "\n".join(f"- {w}" for w in k),
+            f"**图片描述：** {cap.text}  \n**关键词：** {' | '.join(k)}",
+        ]
+    else:
+        answers = [
+            f"**Description**: {cap.text}\n\n**Keywords**: {', '.join(k)}",
+            f"## Description\n{cap.text}\n\n## Keywords\n" + "\n".join(f"- {w}" for w in k),
+            f"**Description:** {cap.text}  \n**Keywords:** {' | '.join(k)}",
+        ]
+    return answers[layout % 3]
+
+
+def answer_for(image: Image.Image, language: str, model: str | None) -> Caption:
+    """The fake vision model's caption of ``image``, in the layouts ``model`` answers in."""
+    cap = caption(image, language)
+    if not (model or "").startswith(MODERN_VL):
+        return cap
+    layout = hashlib.blake2b(image.tobytes(), digest_size=4).digest()[1]
+    return Caption(cap.text, cap.keywords, modern_answer(cap, language, layout))
+
+
 def prompt_language(prompt: str) -> str:
     return "zh" if re.search(r"[\u4e00-\u9fff]", prompt) else "en"
 
@@ -212,10 +312,13 @@ class LoggedRequest:
     status: int = 0
     fault: str | None = None
     model: str | None = None
-    kind: str = ""  # "image", "text", "describe"
+    kind: str = ""  # "image", "text", "fusion", "mixed" (several kinds), "describe"
     auth: str = ""
     prompt: str | None = None
-    image_chars: int = 0
+    image_chars: int = 0  # of the largest image
+    items: int = 0  # contents of an embedding request
+    images: int = 0  # images in it
+    params: dict[str, Any] = field(default_factory=dict)
     answer: str | None = None
     end: float = 0.0
 
@@ -387,38 +490,104 @@ class FakeServer:
                 return 200, {}, self._embedding(entry, request)
             if entry.path == GENERATION_PATH:
                 return 200, {}, self._generation(entry, request)
+        except InspectionError as exc:
+            return self.error(400, entry, message=str(exc), code="DataInspectionFailed")
         except ValueError as exc:
             return self.error(400, entry, message=str(exc))
         return self.error(404, entry, message=f"Path {entry.path} not found.")
 
     def _image(self, entry: LoggedRequest, uri: str) -> Image.Image:
-        entry.image_chars = len(uri)
+        entry.image_chars = max(entry.image_chars, len(uri))
         if len(uri) > MAX_IMAGE_CHARS:
             raise ValueError("The image size exceeds the limit of 3MB.")
-        return decode_data_uri(uri)
+        image = decode_data_uri(uri)
+        if min(image.size) <= MIN_IMAGE_SIDE:
+            raise ValueError(
+                f"The image length and width must be larger than {MIN_IMAGE_SIDE} pixels "
+                f"(got {image.width}x{image.height})."
+            )
+        return image
 
     def _embedding(self, entry: LoggedRequest, request: dict[str, Any]) -> dict[str, Any]:
+        spec = EMBEDDING_MODELS.get(entry.model or "", UNKNOWN_MODEL)
         contents = (request.get("input") or {}).get("contents")
-        if not isinstance(contents, list) or len(contents) != 1:
-            raise ValueError("input.contents must hold exactly one item.")
-        item = contents[0]
-        if "image" in item:
-            entry.kind = "image"
-            vector = image_embedding(self._image(entry, item["image"]))
-        elif "text" in item:
-            entry.kind = "text"
-            vector = text_embedding(item["text"])
-        else:
-            raise ValueError("Each content needs an image or a text.")
+        params = request.get("parameters") or {}
+        entry.params = dict(params)
+        if not isinstance(contents, list) or not contents:
+            raise ValueError("input.contents must be a non-empty list.")
+        dim = self._dimension(entry, spec, params)
+        if params.get("enable_fusion") and spec.fusion != "parameter":
+            raise ValueError(f"Parameter enable_fusion is not supported by model {entry.model}.")
+        self._count(entry, spec, contents)
+        pairs = [self._content_vector(entry, spec, item) for item in contents]
+        if spec.fusion == "always" or params.get("enable_fusion") is True:
+            pairs = [(_unit(np.sum([v for v, _ in pairs], axis=0)), "fusion")]
+        kinds = {kind for _, kind in pairs}
+        entry.kind = kinds.pop() if len(kinds) == 1 else "mixed"
+        texts = [c["text"] for c in contents if isinstance(c, dict) and "text" in c]
         return {
             "output": {
                 "embeddings": [
-                    {"index": 0, "embedding": [float(x) for x in vector], "type": entry.kind}
+                    {"index": i, "embedding": [float(x) for x in fit(v, dim)], "type": kind}
+                    for i, (v, kind) in enumerate(pairs)
                 ]
             },
-            "usage": {"input_tokens": 0, "image_count": int(entry.kind == "image"), "duration": 1},
+            "usage": {
+                "input_tokens": sum(_text_tokens(t) for t in texts),
+                "image_tokens": 256 * entry.images,
+                "image_count": entry.images,
+                "duration": 1,
+            },
             "request_id": str(uuid.uuid4()),
         }
+
+    @staticmethod
+    def _dimension(entry: LoggedRequest, spec: EmbeddingModel, params: dict[str, Any]) -> int:
+        """The width asked for (``parameters.dimension``), if the model gives it."""
+        dim = params.get("dimension")
+        if dim is None:
+            return spec.default
+        if not isinstance(dim, int) or (spec.dims is not None and dim not in spec.dims):
+            choices = ", ".join(map(str, spec.dims or ()))
+            raise ValueError(f"Parameter dimension must be one of [{choices}] for {entry.model}.")
+        return dim
+
+    @staticmethod
+    def _count(entry: LoggedRequest, spec: EmbeddingModel, contents: list[Any]) -> None:
+        """Refuse a request over the model's limits, as DashScope does: all of it."""
+        entry.items = len(contents)
+        entry.images = sum(isinstance(c, dict) and "image" in c for c in contents)
+        texts = [c["text"] for c in contents if isinstance(c, dict) and "text" in c]
+        if spec.max_contents is not None and len(contents) > spec.max_contents:
+            raise ValueError(
+                f"The input contents exceed the limit: at most {spec.max_contents} per request."
+            )
+        if entry.images > spec.max_images:
+            raise ValueError(f"Too many images: at most {spec.max_images} per request.")
+        if spec.fusion == "always" and len(texts) > 1:
+            raise ValueError("At most one text per request.")
+        if sum(_text_tokens(t) for t in texts) > MAX_REQUEST_TOKENS:
+            raise ValueError(f"The input exceeds {MAX_REQUEST_TOKENS} tokens.")
+
+    def _content_vector(
+        self, entry: LoggedRequest, spec: EmbeddingModel, item: Any
+    ) -> tuple[np.ndarray, str]:
+        """One content object's vector and type; an image and a text together are one
+        fused vector where the model fuses by content."""
+        if not isinstance(item, dict) or not ({"image", "text"} & set(item)):
+            raise ValueError("Each content needs an image or a text.")
+        if {"image", "text"} <= set(item) and spec.fusion != "content":
+            raise ValueError("Each content must hold one of text, image or video.")
+        vectors = []
+        if "text" in item:
+            if FLAGGED in str(item["text"]):
+                raise InspectionError("Input data may contain inappropriate content.")
+            vectors.append(text_embedding(str(item["text"])))
+        if "image" in item:
+            vectors.append(image_embedding(self._image(entry, item["image"])))
+        if len(vectors) == 2:
+            return _unit(vectors[0] + vectors[1]), "fusion"
+        return vectors[0], "image" if "image" in item else "text"
 
     def _generation(self, entry: LoggedRequest, request: dict[str, Any]) -> dict[str, Any]:
         entry.kind = "describe"
@@ -431,17 +600,15 @@ class FakeServer:
         if len(images) != 1 or len(texts) != 1:
             raise ValueError("Expected one image and one text.")
         entry.prompt = texts[0]
-        cap = caption(self._image(entry, images[0]), prompt_language(texts[0]))
+        entry.params = dict(request.get("parameters") or {})
+        cap = answer_for(self._image(entry, images[0]), prompt_language(texts[0]), entry.model)
         entry.answer = cap.answer
+        message: dict[str, Any] = {"role": "assistant", "content": [{"text": cap.answer}]}
+        if (entry.model or "").startswith(MODERN_VL):
+            thinking = entry.params.get("enable_thinking") is True
+            message["reasoning_content"] = "图片中主要是几种颜色……" if thinking else ""
         return {
-            "output": {
-                "choices": [
-                    {
-                        "finish_reason": "stop",
-                        "message": {"role": "assistant", "content": [{"text": cap.answer}]},
-                    }
-                ]
-            },
+            "output": {"choices": [{"finish_reason": "stop", "message": message}]},
             "usage": {"input_tokens": 300, "output_tokens": 40, "image_tokens": 256},
             "request_id": str(uuid.uuid4()),
         }
@@ -453,8 +620,9 @@ class FakeServer:
         headers: dict[str, str] | None = None,
         *,
         message: str | None = None,
+        code: str | None = None,
     ) -> tuple[int, dict[str, str], dict[str, Any]]:
-        """DashScope's documented error body for ``status``."""
+        """DashScope's documented error body for ``status`` (``code`` overrides its code)."""
         codes = {
             400: ("InvalidParameter", "The request is invalid."),
             401: ("InvalidApiKey", "Invalid API-key provided."),
@@ -463,7 +631,8 @@ class FakeServer:
             500: ("InternalError", "An internal error has occured, please try again later."),
             503: ("ServiceUnavailable", "The service is temporarily unavailable."),
         }
-        code, default = codes.get(status, ("InternalError", "Error."))
+        default_code, default = codes.get(status, ("InternalError", "Error."))
+        code = code or default_code
         headers = dict(headers or {})
         if status == 429:
             headers.setdefault("X-RateLimit-Limit-Requests", "60")

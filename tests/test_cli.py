@@ -112,3 +112,28 @@ def test_eval_uses_the_configured_store_and_names_its_collections(runner, photos
     assert (tmp_path / "cli.db").exists()  # MMSEARCH_URI, not a throwaway file
     stats = runner.invoke(app, ["stats", "--json"])
     assert json.loads(stats.stdout)["count"] == 3
+
+
+def test_dry_run_says_what_a_cloud_run_costs_and_changes_nothing(runner, tmp_path, monkeypatch):
+    from .conftest import DATASETS
+
+    monkeypatch.setenv("MMSEARCH_PROVIDER", "dashscope")
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-not-used")
+    folder = DATASETS / "imagenet_sample" / "images"
+    res = runner.invoke(app, ["index", str(folder), "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.startswith("1,000 files to index") and "requests" in res.stdout
+    assert "CNY" in res.stdout and "120 requests/min" in res.stdout
+    res = runner.invoke(app, ["index", str(folder), "--dry-run", "--json"])
+    plan = json.loads(res.stdout)
+    assert plan["files"] == 1000 and plan["requests"] >= 2000 and plan["seconds"] > 0
+    assert not (tmp_path / "cli.db").exists()  # no store was created
+
+
+def test_dry_run_counts_only_files_not_indexed_yet(runner, photos):
+    runner.invoke(app, ["index", str(photos)])
+    (photos / "new").mkdir()
+    shutil.copy(LION, photos / "new" / "lion2.jpg")
+    res = runner.invoke(app, ["index", str(photos), "--dry-run", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["files"] == 2  # the new photo, and the broken one again

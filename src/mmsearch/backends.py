@@ -128,6 +128,11 @@ class Backend:
     def connected(self) -> bool:
         return self._client is not None
 
+    def present(self) -> bool:
+        """Whether the store may hold data, known without creating anything (a server is
+        asked; a Lite file or an embedded server's folder that does not exist holds none)."""
+        return True
+
     def _connect(self) -> CheckedClient:
         _quiet_milvus_logs()
         from pymilvus import MilvusClient
@@ -250,12 +255,18 @@ class LiteBackend(Backend):
     def _catch_up(self, names: list[str]) -> None:
         """Nothing to wait for: Milvus Lite has no log to replay."""
 
+    def present(self) -> bool:
+        return Path(self.uri).expanduser().exists()
+
 
 class EmbeddedBackend(Backend):
     """The Milvus server mmsearch runs for ``embedded:DIR``: started on first use, kept
     running for the next commands while this process holds it."""
 
     hint = "see `mmsearch server status` and the logs in the server's folder"
+
+    def present(self) -> bool:
+        return embedded.base_dir_of(self.uri).exists()
 
     def _address(self) -> tuple[str, str]:
         base_dir = embedded.base_dir_of(self.uri)

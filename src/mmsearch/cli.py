@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -52,7 +52,7 @@ def _settings(**more: Any) -> Settings:
     return load_settings(**{**_State.overrides, **more})
 
 
-def _fail(exc: BaseException) -> None:
+def _fail(exc: BaseException) -> NoReturn:
     if _State.debug:
         raise exc
     err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
@@ -193,6 +193,13 @@ def index(
             help="Then read the text in the photos not read yet (default: the ocr setting, on).",
         ),
     ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Say what it would take (files, requests, time, price) and change nothing.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Describe, embed and store images. Unchanged files already indexed are skipped. Then
@@ -200,11 +207,16 @@ def index(
     by their vectors before it ends, and an interrupted pass resumes."""
     try:
         with MMSearch(settings=_settings(batch_size=batch_size)) as mm:
-            report = _run_index(mm, path, limit, quiet=as_json, ocr=ocr)
+            if dry_run:
+                plan = mm.plan_index(path, limit=limit)
+            else:
+                report = _run_index(mm, path, limit, quiet=as_json, ocr=ocr)
     except _USER_ERRORS as exc:
         _fail(exc)
-        return
-    _show_report(report, as_json)
+    if dry_run:
+        print(json.dumps(plan.as_dict(), indent=2) if as_json else plan.text())
+    else:
+        _show_report(report, as_json)
 
 
 def _hits_table(hits: list[Hit], title: str, copies: list[int] | None = None) -> Table:
@@ -299,27 +311,24 @@ def search(
     place become filters ("海边 2023年7月", "beach in Paris") unless --literal."""
     options = dict(after=after, before=before, place=place, near=near, camera=camera)
     options |= dict(label=label, orientation=orientation)
-    given = image if image is not None else query
+    given, how = (image if image is not None else query), dict(mode=mode, filter=filter)
     try:
         check_options(sort, ranking, cutoff)  # before anything is opened
     except QueryError as exc:
         _fail(exc)
-        return
     try:
         _check_search(query, image, any(options.values()) or bool(filter))
         if given is not None:
             check_query(given, mode, k)
         with MMSearch(settings=_settings()) as mm:
             filters = build_filters(**options, find_place=lambda n: _places(mm).find(n))
-            how = dict(mode=mode, filter=filter, filters=filters, sort=sort, parse=not literal)
-            how |= dict(ranking=ranking, cutoff=cutoff, min_score=min_score)
+            how |= dict(filters=filters, sort=sort, parse=not literal, ranking=ranking)
+            how |= dict(cutoff=cutoff, min_score=min_score)
             results, copies = _find(mm, given, k, collapse, how)
     except (QueryError, FilterError) as exc:
         _fail(QueryError(f"{exc} (a text is the QUERY argument, an image --image FILE)"))
-        return
     except _USER_ERRORS as exc:
         _fail(exc)
-        return
     _show_results(results, given, as_json, copies)
 
 

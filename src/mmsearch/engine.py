@@ -19,8 +19,9 @@ from PIL import Image
 
 from mmsearch.config import Settings, load_settings
 from mmsearch.enrich import EnrichReport, enrich_ocr
+from mmsearch.estimate import Estimate, estimate_index
 from mmsearch.filters import Filters
-from mmsearch.ingest import Ingestor, IngestReport, ProgressCallback
+from mmsearch.ingest import Ingestor, IngestReport, ProgressCallback, files_to_do
 from mmsearch.providers import Describer, Embedder, get_describer, get_embedder
 from mmsearch.search import Mode, Results, Searcher
 from mmsearch.sources import SourceItem
@@ -74,6 +75,17 @@ class MMSearch:
         if (self.settings.ocr if ocr is None else ocr) and self.store.exists():
             report.ocr = self.enrich_ocr(progress=ocr_progress)
         return report
+
+    def plan_index(
+        self, source: str | Path | Sequence[SourceItem], *, limit: int | None = None
+    ) -> Estimate:
+        """What indexing ``source`` would cost, without reading or writing anything: the
+        files to do and, for remote providers, requests, time and price (``estimate.py``)."""
+        if isinstance(source, str | Path):
+            source = Path(source).expanduser()
+        follow = self.settings.follow_symlinks
+        todo = files_to_do(self.store, source, limit, follow_symlinks=follow)
+        return estimate_index(todo, self.settings)
 
     def enrich_ocr(
         self, *, limit: int | None = None, progress: ProgressCallback | None = None

@@ -157,7 +157,7 @@ class Reader:
         if work.source.refused:
             raise ImageError(work.source.refused)
         facts = _file_facts(work.source.path)
-        if known is not None and known.file_size > 0 and facts == (known.file_size, known.mtime_ns):
+        if known is not None and known.same_stat(facts):
             work.unchanged = True
             return
         data = read_file(work.source.path)
@@ -372,11 +372,7 @@ class Ingestor:
     def _files(
         self, source: Path | Sequence[SourceItem], limit: int | None
     ) -> tuple[list[tuple[str, SourceItem]], int]:
-        if limit is not None and limit < 1:
-            raise SourceError(f"limit must be at least 1, got {limit}")
-        if isinstance(source, (str, Path)):
-            source = iter_source(Path(source), follow_symlinks=self.settings.follow_symlinks)
-        return unique_files(source, limit)
+        return list_files(source, limit, follow_symlinks=self.settings.follow_symlinks)
 
     def _read(
         self,
@@ -485,3 +481,33 @@ def _place_fields(location: Any) -> dict[str, Any]:
         "place_country": country.name if country is not None else "",
         "place_zh": " ".join(names_zh),
     }
+
+
+def list_files(
+    source: Path | Sequence[SourceItem], limit: int | None, *, follow_symlinks: bool
+) -> tuple[list[tuple[str, SourceItem]], int]:
+    """(id, item) of each file a run takes from ``source``, once, up to ``limit``; and how
+    many were listed again."""
+    if limit is not None and limit < 1:
+        raise SourceError(f"limit must be at least 1, got {limit}")
+    if isinstance(source, (str, Path)):
+        source = iter_source(Path(source), follow_symlinks=follow_symlinks)
+    return unique_files(source, limit)
+
+
+def files_to_do(
+    store: Store, source: Path | Sequence[SourceItem], limit: int | None, *, follow_symlinks: bool
+) -> int:
+    """How many files a run would read and embed: those listed, less those the store holds
+    with the same size and modification time (for a dry run: nothing is read)."""
+    files, _ = list_files(source, limit, follow_symlinks=follow_symlinks)
+    stored = store.backend.present() and store.exists()  # a dry run creates no store
+    known = store.known_files([i for i, _ in files]) if stored else {}
+    todo = 0
+    for file_id, item in files:
+        try:
+            facts = _file_facts(item.path)
+        except ImageError:
+            continue  # a run would skip it, with this reason
+        todo += not (file_id in known and known[file_id].same_stat(facts))
+    return todo

@@ -80,6 +80,10 @@ class KnownFile:
     file_size: int = 0
     mtime_ns: int = 0
 
+    def same_stat(self, facts: tuple[int, int]) -> bool:
+        """Whether a file's (size, mtime_ns) are those recorded: unchanged, not even read."""
+        return self.file_size > 0 and facts == (self.file_size, self.mtime_ns)
+
 
 class Store:
     """One Milvus collection, reached through the backend for the configured URI."""
