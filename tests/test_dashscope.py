@@ -643,3 +643,24 @@ def test_a_different_dimension_is_refused_by_the_collection(server, settings, tm
         pytest.raises(ProviderMismatchError, match=r"1152-d.*-256d' \(256-d\)"),
     ):
         mm.search("red", mode=Mode.text2image)
+
+
+def test_a_catalog_csv_fuses_each_photo_with_its_title(server, settings, tmp_path):
+    folder = tmp_path / "catalog"
+    folder.mkdir()
+    rows = ["id,path,label,title"]
+    for i, photo in enumerate(colour_photos(4)):
+        photo.save(folder / f"p{i}.png")
+        rows.append(f"{i},p{i}.png,shoes,{COLORS[i][0]} running shoe")
+    (folder / "catalog.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    s = ds_settings(
+        settings,
+        server,
+        dashscope_embedding_model="tongyi-embedding-vision-plus-2026-03-06",
+        dashscope_fusion=True,
+    )
+    with MMSearch(settings=s) as mm:
+        report = mm.index(folder / "catalog.csv")
+        assert report.indexed == 4 and not report.failed, report
+    fused = [r for r in embedding_requests(server) if r.kind == "fusion"]
+    assert sum(r.items for r in fused) == 4  # every photo went with its title

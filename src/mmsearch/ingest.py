@@ -232,7 +232,11 @@ class Mapper:
         loaded = [w.image for w in ready if w.image is not None]
         batch = ImageBatch([im.image for im in loaded])
         with timer("embed_images"):
-            vectors = self.embedder.embed_images(batch)
+            if getattr(self.embedder, "fuses_titles", False):  # a catalog: image + title
+                titles = [w.source.title for w in ready if w.image is not None]
+                vectors = self.embedder.embed_images(batch, titles=titles)  # type: ignore[call-arg]
+            else:
+                vectors = self.embedder.embed_images(batch)
         with timer("describe"):
             descriptions = self.describer.describe(batch)
         with timer("embed_texts"):

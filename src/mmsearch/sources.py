@@ -30,6 +30,9 @@ class SourceItem:
     path: Path
     label: str = ""
     refused: str = ""
+    #: A catalog's product title (CSV column ``title``), for embedders that fuse an image
+    #: with its title into one vector (``dashscope_fusion``).
+    title: str = ""
 
 
 def item_id(path: Path) -> str:
@@ -94,7 +97,8 @@ def _csv_rows(csv_path: Path, reader: csv.DictReader) -> Iterator[SourceItem]:
         path = Path(raw)
         if not path.is_absolute():
             path = csv_path.parent / path
-        yield SourceItem(Path(os.path.normpath(path)), (row.get("label") or "").strip())
+        label, title = (row.get("label") or "").strip(), (row.get("title") or "").strip()
+        yield SourceItem(Path(os.path.normpath(path)), label, title=title)
 
 
 def iter_source(source: Path, *, follow_symlinks: bool = False) -> Iterator[SourceItem]:
