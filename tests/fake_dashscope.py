@@ -428,6 +428,8 @@ class FakeServer:
             self.log.append(entry)
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        answered = False  # counted out before the answer goes: a client may send its
+        # next request the moment it reads this one's, before this thread gets further
         try:
             length = int(h.headers.get("Content-Length") or 0)
             body = h.rfile.read(length) if length else b""
@@ -445,6 +447,9 @@ class FakeServer:
             status, headers, payload = self._respond(entry, fault, body)
             entry.status = status
             data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+            with self._lock:
+                self.in_flight -= 1
+                answered = True
             try:
                 h.send_response(status)
                 h.send_header("Content-Type", "application/json")
@@ -458,7 +463,7 @@ class FakeServer:
         finally:
             entry.end = time.monotonic()
             with self._lock:
-                self.in_flight -= 1
+                self.in_flight -= 0 if answered else 1
 
     def _respond(
         self, entry: LoggedRequest, fault: Fault | None, body: bytes

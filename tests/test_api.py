@@ -73,12 +73,14 @@ def test_text_search(client):
 def test_text2text_min_score_and_label_filter(client):
     body = client.get("/api/v1/search", params={"q": "披萨", "mode": "text2text", "k": 6}).json()
     assert body["hits"][0]["label"] == "pizza"
-    scores = [h["score"] for h in body["hits"]]
-    cut = (scores[0] + scores[-1]) / 2
-    kept = client.get(
-        "/api/v1/search", params={"q": "披萨", "mode": "text2text", "k": 6, "min_score": cut}
-    ).json()["hits"]
-    assert 0 < len(kept) < 6 and all(h["score"] >= cut for h in kept)
+    similarity = [h["why"]["vector_score"] for h in body["hits"]]  # fused: scores are RRF's
+    cut = (max(similarity) + min(similarity)) / 2
+    params = {"q": "披萨", "mode": "text2text", "k": 6, "min_score": cut}
+    cut_body = client.get("/api/v1/search", params=params).json()
+    kept, more = cut_body["hits"], cut_body["more"]
+    assert 0 < len(kept) < 6 and len(kept) + len(more) == 6  # the rest: "show more"
+    assert all(h["why"]["vector_score"] >= cut for h in kept)
+    assert all(h["why"]["vector_score"] < cut for h in more)
     only = client.get("/api/v1/search", params={"q": "dog", "label": 'lion" or label != "x'})
     assert only.status_code == 200 and only.json()["hits"] == []
     lion = client.get("/api/v1/search", params={"q": "dog", "label": "lion"}).json()["hits"]
