@@ -29,7 +29,6 @@ import csv
 import io
 import json
 import os
-import platform
 import random
 import shutil
 import sys
@@ -37,14 +36,16 @@ import tempfile
 import time
 from collections import Counter
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from mmsearch import MMSearch, Settings
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402 - bench/common.py
+
+from mmsearch import MMSearch, Settings  # noqa: E402
 from mmsearch import duplicates as dup
 from mmsearch.images import decode_image
 from mmsearch.schema import FEATURE_FIELD, Item, Row
@@ -486,24 +487,6 @@ def _row(real: list[dict], rng: np.random.Generator, i: int) -> Row:
 # -- main --------------------------------------------------------------------------------------
 
 
-def machine() -> dict[str, Any]:
-    """What ran the bench: timings on two shared cores compare within a run only."""
-    versions = {}
-    for p in ("mmsearch", "pymilvus", "milvus-lite", "numpy", "torch", "pillow"):
-        try:
-            versions[p] = metadata.version(p)
-        except metadata.PackageNotFoundError:
-            versions[p] = None
-    return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "cpus": len(os.sched_getaffinity(0)),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "packages": versions,
-        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
 def save(result: dict[str, Any]) -> Path:
     """``bench/results/duplicates-<time>.json`` and ``duplicates-latest.json``."""
     result["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -575,7 +558,10 @@ def main() -> None:
     parser.add_argument("--no-penultimate", dest="penultimate", action="store_false")
     parser.add_argument("--cache-dir", type=Path, default=Settings().cache_dir)
     args = parser.parse_args()
-    result: dict[str, Any] = {"machine": machine(), "args": {**vars(args), "cache_dir": "..."}}
+    result: dict[str, Any] = {
+        "machine": common.machine_info(),
+        "args": {**vars(args), "cache_dir": "..."},
+    }
     with tempfile.TemporaryDirectory(prefix="mmsearch-duplicates-") as tmp:
         root = Path(tmp) / "photos"
         truth: dict[str, tuple[str, str, str]] = {}
