@@ -6,9 +6,12 @@ the test's temp folder.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -49,6 +52,21 @@ def _thumbnails_loaded(page, n: int = 12) -> None:
     )
 
 
+@contextlib.contextmanager
+def browser_page(url: str) -> Iterator[Any]:
+    """Debian's Chromium, headless, on a 1280x860 page at ``url``."""
+    with playwright_sync.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 860})
+            page.goto(url)
+            yield page
+        finally:
+            browser.close()
+
+
 @pytest.fixture
 def shots(tmp_path) -> Path:
     folder = Path(os.environ.get("MMSEARCH_SCREENSHOT_DIR", tmp_path))
@@ -57,12 +75,7 @@ def shots(tmp_path) -> Path:
 
 
 def test_search_upload_and_more_like_this_in_a_browser(server, shots, tmp_path):
-    with playwright_sync.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        page = browser.new_page(viewport={"width": 1280, "height": 860})
-        page.goto(server)
+    with browser_page(server) as page:
         page.wait_for_selector(f"#status:has-text('{100 + len(TRIP)} images indexed')")
 
         # 1. Type 狮子: a lion is among the results.
@@ -128,7 +141,6 @@ def test_search_upload_and_more_like_this_in_a_browser(server, shots, tmp_path):
         page.wait_for_selector("#status.error")
         page.wait_for_timeout(2000)
         assert "error" in (page.locator("#status").get_attribute("class") or "")
-        browser.close()
 
 
 #: The duplicates page's photos: two originals with their copies, and another lion.
@@ -154,12 +166,7 @@ def _filenames(base: str, ids: list[str | None]) -> list[str]:
 
 
 def test_duplicates_button_shows_each_set_side_by_side(dup_server, shots):
-    with playwright_sync.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        page = browser.new_page(viewport={"width": 1280, "height": 860})
-        page.goto(dup_server)
+    with browser_page(dup_server) as page:
         page.wait_for_selector(f"#status:has-text('{DUP_FILES} images indexed')")
         page.click("#show-duplicates")
         page.wait_for_selector(".group")
@@ -183,16 +190,10 @@ def test_duplicates_button_shows_each_set_side_by_side(dup_server, shots):
             timeout=60_000,
         )
         page.screenshot(path=str(shots / "6-duplicates.png"))
-        browser.close()
 
 
 def test_collapse_checkbox_shows_each_photo_once(dup_server, shots):
-    with playwright_sync.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        page = browser.new_page(viewport={"width": 1280, "height": 860})
-        page.goto(dup_server)
+    with browser_page(dup_server) as page:
         page.wait_for_selector(f"#status:has-text('{DUP_FILES} images indexed')")
         page.fill("#q", "狮子")
         page.press("#q", "Enter")
@@ -216,7 +217,6 @@ def test_collapse_checkbox_shows_each_photo_once(dup_server, shots):
         assert lion.locator(".copies").inner_text() == "+6 duplicates"
         _thumbnails_loaded(page, len(families))
         page.screenshot(path=str(shots / "7-collapsed.png"))
-        browser.close()
 
 
 SIGN = "火锅"  # hot pot, on a restaurant's sign
@@ -250,12 +250,7 @@ def text_server(tmp_path_factory, cache_dir):
 
 
 def test_a_chinese_word_on_a_photo_finds_it_with_the_word_highlighted(text_server, shots):
-    with playwright_sync.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        page = browser.new_page(viewport={"width": 1280, "height": 860})
-        page.goto(text_server)
+    with browser_page(text_server) as page:
         page.wait_for_selector("#status:has-text('6 images indexed')")
         page.fill("#q", SIGN)
         page.press("#q", "Enter")
@@ -273,4 +268,3 @@ def test_a_chinese_word_on_a_photo_finds_it_with_the_word_highlighted(text_serve
             assert page.locator(".card").count() == shown + hidden
         _thumbnails_loaded(page, page.locator(".card").count())
         page.screenshot(path=str(shots / "8-text-in-photo.png"))
-        browser.close()
