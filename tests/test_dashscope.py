@@ -34,7 +34,9 @@ from .fake_dashscope import (
 )
 
 KEY = "sk-fake-0123456789"
-TIMEOUT = 1.0
+#: Request timeout: long enough that a loaded 2-core CI machine answers in time, short
+#: enough that the "hang" fault (TIMEOUT + 0.5 s) costs a test seconds, not minutes.
+TIMEOUT = 3.0
 #: Seconds of arrival jitter allowed when the server checks the request rate.
 SLACK = 0.15
 
