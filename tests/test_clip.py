@@ -371,7 +371,7 @@ def test_text2image_scores_are_cosines(indexed: tuple[MMSearch, list[Path]], que
     """Text against the images' vectors: the scores are the cosine between the query's
     text vector and each image's vector, in rank order."""
     mm, images = indexed
-    hits = mm.search(query, mode=Mode.text2image, k=4)
+    hits = mm.search(query, mode=Mode.text2image, k=4, ranking="vector")  # fused: RRF scores
     assert len(hits) == 4 and len({h.id for h in hits}) == 4
     q = mm.embedder.embed_texts([query], query=True)[0]
     vecs = mm.embedder.embed_images([Image.open(h.origin).convert("RGB") for h in hits]).shared
@@ -387,7 +387,7 @@ def test_text2text_finds_a_description(indexed: tuple[MMSearch, list[Path]]):
     target = mm.search("anything", mode=Mode.text2text, k=6)
     assert len(target) == 6
     description = target[-1].description
-    hits = mm.search(description, mode=Mode.text2text, k=2)
+    hits = mm.search(description, mode=Mode.text2text, k=2, ranking="vector")
     assert hits[0].description == description
     assert hits[0].score == pytest.approx(1.0, abs=1e-3)
 

@@ -11,6 +11,7 @@ API use it too, so all three behave the same.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -88,13 +89,22 @@ class MMSearch:
         return estimate_index(todo, self.settings)
 
     def enrich_ocr(
-        self, *, limit: int | None = None, progress: ProgressCallback | None = None
+        self,
+        *,
+        limit: int | None = None,
+        progress: ProgressCallback | None = None,
+        lock: AbstractContextManager | None = None,
     ) -> EnrichReport:
         """Read the text in the stored photos that have not been read yet (``enrich.py``):
-        resumable, and nothing is embedded again."""
-        self.searcher  # noqa: B018 - opens (and migrates) the collection, or says it is missing
+        resumable, and nothing is embedded again. ``lock`` guards the store's calls."""
+        with lock or nullcontext():
+            self.searcher  # noqa: B018 - opens (and migrates) the collection, or says it is missing
         return enrich_ocr(
-            self.store, max_pixels=self.settings.max_image_pixels, limit=limit, progress=progress
+            self.store,
+            max_pixels=self.settings.max_image_pixels,
+            limit=limit,
+            progress=progress,
+            lock=lock,
         )
 
     def reindex(self, *, progress: ProgressCallback | None = None) -> IngestReport:

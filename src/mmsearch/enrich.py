@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,17 +80,27 @@ def enrich_ocr(
     max_pixels: int,
     limit: int | None = None,
     progress: Progress | None = None,
+    lock: AbstractContextManager | None = None,
 ) -> EnrichReport:
-    """Read the text of every row not read yet (at most ``limit``) and store it."""
+    """Read the text of every row not read yet (at most ``limit``) and store it.
+
+    ``lock`` (a server's or a watcher's) is held only around the store's calls, never while
+    photos are read, so that searches and new files are not kept waiting by OCR."""
     if reader is None:
         from mmsearch.ocr import OcrEngine
 
         reader = OcrEngine.shared()
+    guard = lock or nullcontext()
     start = time.perf_counter()
-    ids = ocr_pending(store, reader.version)[:limit]
+    with guard:
+        ids = ocr_pending(store, reader.version)[:limit]
     report = EnrichReport(pending=len(ids))
     for first in range(0, len(ids), BATCH):
-        _read_batch(store, reader, store.items(ids[first : first + BATCH]), max_pixels, report)
+        with guard:
+            items = store.items(ids[first : first + BATCH])
+        changes = _read_batch(reader, items, max_pixels, report)
+        with guard:
+            _write(store, items, changes, report)
         if progress:
             progress(min(first + BATCH, len(ids)), len(ids))
     report.seconds = time.perf_counter() - start
@@ -97,9 +108,10 @@ def enrich_ocr(
 
 
 def _read_batch(
-    store: Store, reader: Reader, items: list[Item], max_pixels: int, report: EnrichReport
-) -> None:
-    """Decode a batch's files (guarded like the image endpoint), read them, write back."""
+    reader: Reader, items: list[Item], max_pixels: int, report: EnrichReport
+) -> dict[str, dict[str, Any]]:
+    """Decode a batch's files (guarded like the image endpoint) and read them: the fields
+    to store per id."""
     readable: list[tuple[Item, Image.Image]] = []
     for item in items:
         try:
@@ -109,9 +121,9 @@ def _read_batch(
         except ImageError as exc:
             report.failed.append((item.origin, str(exc)))
     if not readable:
-        return
+        return {}
     results = reader.read([image for _, image in readable])
-    changes = {
+    return {
         item.id: {
             "ocr_text": result.text,
             "ocr_confidence": float(result.confidence),
@@ -119,6 +131,16 @@ def _read_batch(
         }
         for (item, _), result in zip(readable, results, strict=True)
     }
-    store.update(changes)
-    report.read += len(changes)
-    report.with_text += sum(1 for r in results if r.text)
+
+
+def _write(
+    store: Store, items: list[Item], changes: dict[str, dict[str, Any]], report: EnrichReport
+) -> None:
+    """Store what was read, for the rows that still hold the bytes that were read (a file
+    re-indexed meanwhile waits for the next pass)."""
+    read = {item.id: item.content_hash for item in items}
+    now = {item.id: item.content_hash for item in store.items(list(changes))}
+    current = {i: c for i, c in changes.items() if now.get(i) == read[i]}
+    store.update(current)
+    report.read += len(current)
+    report.with_text += sum(1 for c in current.values() if c["ocr_text"])

@@ -64,6 +64,8 @@ class FolderWatcher:
         for folder in self.folders:
             if not folder.is_dir():
                 raise NotADirectoryError(f"{folder}: not a folder")
+        #: Set when rows were written that OCR has not read yet.
+        self.unread = threading.Event()
 
     def catch_up(self) -> list[IngestReport]:
         """Index every folder whole (what changed while nobody watched), a chunk of files
@@ -74,7 +76,8 @@ class FolderWatcher:
             report = IngestReport()
             for start in range(0, len(items), CATCH_UP_CHUNK):
                 with self.lock:
-                    report.add(self.mm.index(items[start : start + CATCH_UP_CHUNK]))
+                    report.add(self.mm.index(items[start : start + CATCH_UP_CHUNK], ocr=False))
+                self.unread.set()
             listed = {str(item.path.resolve()) for item in items}
             with self.lock:
                 stored = self.mm.store.ids_under(folder) if self.mm.store.exists() else {}
@@ -99,7 +102,11 @@ class FolderWatcher:
     def run(
         self, stop: threading.Event | None = None, report: Callable[[Change], None] = lambda c: None
     ) -> None:
-        """Catch up, then apply changes as they come, until ``stop`` is set."""
+        """Catch up, then apply changes as they come, until ``stop`` is set; with the ``ocr``
+        setting on, a thread reads the text of new photos behind (``read_text``)."""
+        stop = stop or threading.Event()
+        if self.mm.settings.ocr:
+            threading.Thread(target=self.read_text, args=(stop,), daemon=True).start()
         self.catch_up()
         for batch in self.changes(stop):
             try:
@@ -118,11 +125,26 @@ class FolderWatcher:
         with self.lock:
             # Added first: a file moved (deleted here, added there) keeps its vectors, as
             # ingest finds its bytes still stored under the old path.
-            if items:
-                change.indexed = self.mm.index(items)
+            if items:  # vectors first: searchable at once; their text is read behind
+                change.indexed = self.mm.index(items, ocr=False)
+                self.unread.set()
             if deleted:
                 change.removed = self.mm.remove([p for p in deleted if not os.path.lexists(p)])
         return change
+
+    def read_text(self, stop: threading.Event) -> None:
+        """The OCR pass whenever rows were written, until ``stop``: the lock is held only
+        for the store's calls, so new files are indexed and searches answered meanwhile."""
+        while not stop.is_set():
+            if not self.unread.wait(timeout=1):
+                continue
+            self.unread.clear()  # rows written from now on wake the next pass
+            try:
+                self.mm.enrich_ocr(lock=self.lock)
+            except Exception:  # e.g. the store restarting: try again later
+                log.exception("reading the text of new photos failed; retrying")
+                self.unread.set()
+                stop.wait(5)
 
     def _files(self, paths: Iterable[str]) -> list[SourceItem]:
         """The image files among ``paths``, with folders that appeared walked."""
