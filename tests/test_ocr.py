@@ -264,3 +264,13 @@ def test_api_ranking_cutoff_and_why(lite_library):
 
 def cache_dir_of(env: dict[str, str]) -> Path:
     return Path(env["MMSEARCH_CACHE_DIR"])
+
+
+def test_the_demo_finds_a_word_printed_on_a_sample_photo(tmp_path, cache_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    env = {"MMSEARCH_OCR": "1", "MMSEARCH_CACHE_DIR": str(cache_dir)}
+    res = CliRunner().invoke(app, ["demo", "-k", "1"], env=env)
+    assert res.exit_code == 0, res.output
+    section = res.stdout.split("text2image: segmentation", 1)[1].split("text2", 1)[0]
+    assert "page.png" in section  # scikit-image's scanned page says "Region-based segmentation"
+    assert "text read in 15 photos" in res.stdout
