@@ -274,3 +274,34 @@ def test_the_demo_finds_a_word_printed_on_a_sample_photo(tmp_path, cache_dir, mo
     section = res.stdout.split("text2image: segmentation", 1)[1].split("text2", 1)[0]
     assert "page.png" in section  # scikit-image's scanned page says "Region-based segmentation"
     assert "text read in 15 photos" in res.stdout
+
+
+def test_an_uploaded_photo_is_searchable_by_its_text(tmp_path, cache_dir, corpus_dir: Path):
+    """Indexing over HTTP reads the text too (with the lock held only around store calls)."""
+    token = "t" * 32
+    settings = Settings(
+        uri=str(tmp_path / "up.db"),
+        cache_dir=cache_dir,
+        ocr=True,
+        api_token=token,
+        upload_dir=tmp_path / "uploads",
+    )
+    recs = [r for r in textphotos.load_truth(corpus_dir) if r.lang == "zh" and r.words][:3]
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:
+        files = [
+            ("files", (f"s{i}.jpg", r.path.read_bytes(), "image/jpeg")) for i, r in enumerate(recs)
+        ]
+        headers = {"Authorization": f"Bearer {token}"}
+        res = client.post("/api/v1/index/upload", files=files, headers=headers)
+        assert res.status_code == 200, res.text
+        body = res.json()
+        assert body["indexed"] == len(recs) and body["ocr"]["read"] == len(recs), body
+        found = client.get("/api/v1/browse", headers=headers).json()["hits"]
+        word, name = next(
+            (w, h["filename"])
+            for h in found
+            for w in sum((r.words for r in recs), [])
+            if w in h["ocr_text"]
+        )
+        hits = client.get("/api/v1/search", params={"q": word}, headers=headers).json()["hits"]
+        assert word in hits[0]["ocr_text"] and hits[0]["why"]["matched_by"] != "vector", name

@@ -660,8 +660,7 @@ def _index_uploads(svc: Service, uploads: list[bytes]) -> IngestReport:
 
     upload_dir = svc.settings.upload_dir.resolve()
     saved = [_save_upload(upload_dir, data) for data in uploads]
-    with WriteLock(svc):
-        report = svc.mm.index([SourceItem(path, "upload") for path, _ in saved])
+    report = _index_then_read(svc, [SourceItem(path, "upload") for path, _ in saved])
     failed = {path for path, _ in report.failed}
     for path, new in saved:
         if new and str(path) in failed:
@@ -670,5 +669,14 @@ def _index_uploads(svc: Service, uploads: list[bytes]) -> IngestReport:
 
 
 def _index_source(svc: Service, source: Path, limit: int | None) -> IngestReport:
+    return _index_then_read(svc, source, limit=limit)
+
+
+def _index_then_read(svc: Service, source: Any, limit: int | None = None) -> IngestReport:
+    """Index under the lock, then (with the ``ocr`` setting) read the new photos' text with
+    the lock held only around the store's calls: searches go on while OCR reads."""
     with WriteLock(svc):
-        return svc.mm.index(source, limit=limit)
+        report = svc.mm.index(source, limit=limit, ocr=False)
+    if svc.settings.ocr:
+        report.ocr = svc.mm.enrich_ocr(lock=WriteLock(svc))
+    return report

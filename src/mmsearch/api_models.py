@@ -180,6 +180,9 @@ class IndexOut(BaseModel):
     seconds: float
     images_per_second: float
     stage_seconds: dict[str, float]
+    ocr: dict[str, Any] | None = Field(
+        None, description="The text-reading pass that followed (with the ocr setting on)."
+    )
 
     @classmethod
     def of(cls, report: IngestReport) -> IndexOut:
