@@ -25,6 +25,7 @@ from PIL import Image
 
 from mmsearch.filters import literal
 from mmsearch.images import ImageError, decode_image, read_indexed
+from mmsearch.ocr import MAX_SIDE
 from mmsearch.schema import Item
 from mmsearch.store import Store
 
@@ -117,6 +118,7 @@ def _read_batch(
         try:
             data = read_indexed(Path(item.origin), item.content_hash)
             image = decode_image(data, max_pixels=max_pixels, min_side=OCR_MIN_SIDE)[0]
+            image.thumbnail((MAX_SIDE, MAX_SIDE))  # all OCR reads; a batch holds ~12 MB each
             readable.append((item, image))
         except ImageError as exc:
             report.failed.append((item.origin, str(exc)))

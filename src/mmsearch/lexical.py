@@ -53,6 +53,10 @@ TOKENS_FIELD = "lex_tokens"
 TOKENS_CAPACITY = 1024
 #: Longest term kept, in UTF-8 bytes (the array's element max_length).
 TOKEN_MAX_BYTES = 64
+#: Distinct terms of a query that count (the first ones): each may cost a count query, a
+#: scan of the collection on servers without array indexes, so a long query must not
+#: cost thousands of them.
+MAX_QUERY_TERMS = 32
 #: The OCR text field another part of mmsearch fills (VARCHAR).
 OCR_FIELD = "ocr_text"
 #: What ``Store`` must add to new collections, as ``pymilvus`` ``add_field`` arguments.
@@ -343,9 +347,9 @@ def query_tokens(text: str, *, chars: bool = True) -> tuple[list[str], list[str]
     the score): fewer candidates, but 棕色的狗 then misses a row that says only 狗."""
     tokens = tokenize(text)
     covered = {i for t in tokens if t.kind == "bigram" for i in range(t.start, t.end)}
-    all_terms = list(dict.fromkeys(t.term for t in tokens))
+    all_terms = list(dict.fromkeys(t.term for t in tokens))[:MAX_QUERY_TERMS]
     fetch = [t.term for t in tokens if chars or t.kind != "char" or t.start not in covered]
-    return all_terms, list(dict.fromkeys(fetch))
+    return all_terms, [t for t in dict.fromkeys(fetch) if t in all_terms]
 
 
 class LexicalIndex:

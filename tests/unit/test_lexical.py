@@ -241,3 +241,14 @@ def test_document_frequencies_are_counted_once_then_cached(store):
     again = store.client.filters[asked:]
     assert len(again) == 2  # the fetch and the refetch: no count(*) queries
     assert LexicalIndex(store).doc_freq("照片") == 4
+
+
+def test_a_long_query_costs_a_bounded_number_of_store_queries(store):
+    """Each query term may cost a count query (a scan on Milvus 2.3): a 1,000-character
+    query from the network must not turn into thousands of them."""
+    text = "".join(chr(0x4E00 + i * 7) for i in range(1000))
+    all_terms, fetch = lexical.query_tokens(text)
+    assert len(all_terms) == lexical.MAX_QUERY_TERMS and set(fetch) <= set(all_terms)
+    before = len(store.client.filters)
+    LexicalIndex(store).search(text, filter='label == "pets"')  # a filter: counts per term
+    assert len(store.client.filters) - before <= lexical.MAX_QUERY_TERMS + 2
