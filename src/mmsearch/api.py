@@ -3,26 +3,34 @@
 The API parses, validates and presents; searching is ``MMSearch``'s job. ``guard.Guard``
 checks the Host, the credentials and adds the security headers before a request gets here.
 Images are served only by item id, and only while the file on disk is still the one indexed
-(``images.read_indexed``), never from a client-supplied path. Model and Milvus Lite calls go
-through one lock: Milvus Lite is one client per file, and serialising the (CPU-bound) model
-calls costs nothing on a small machine. Work per request is bounded: body sizes per route,
-query images by a pixel budget, a few image decodes at a time, and one duplicates scan at a
-time, whose report is kept until the collection changes (``Service.duplicates``).
+(``images.read_indexed``), never from a client-supplied path. Model and store calls go
+through one lock on a Milvus Lite file (one client per file). On a server (``embedded:`` or
+a URI) searches run side by side, as pymilvus's gRPC client takes concurrent calls, and
+their model calls meet in a ``batching.BatchingEmbedder`` (many queries, one model call);
+writers (uploads, folders, the watcher) still take the lock, one at a time. ``serve
+--workers N`` runs N processes of this app (``app_from_env``). Work per request is
+bounded: body sizes per route, query images by a pixel budget, a few image decodes at a
+time, and one duplicates scan at a time, whose report is kept until the collection changes
+(``Service.duplicates``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import io
+import json
 import logging
+import os
 import re
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -45,7 +53,8 @@ from mmsearch.api_models import (
     SearchOut,
     StatsOut,
 )
-from mmsearch.config import Metric, Settings
+from mmsearch.batching import BatchingEmbedder, batching
+from mmsearch.config import Metric, Settings, load_settings
 from mmsearch.engine import MMSearch
 from mmsearch.filters import FilterError, Filters
 from mmsearch.filters import as_dict as filters_dict
@@ -54,7 +63,7 @@ from mmsearch.guard import COOKIE, COOKIE_DAYS, Access, Guard, is_loopback
 from mmsearch.images import ImageError, decode_image, media_type, read_indexed
 from mmsearch.ingest import IngestReport
 from mmsearch.providers import ProviderError
-from mmsearch.search import MAX_K, Mode, QueryError, Results, check_query
+from mmsearch.search import MAX_K, Mode, QueryError, Results, Searcher, check_query
 from mmsearch.sources import SourceError
 from mmsearch.store import InvalidFilterError, Item, StoreError
 
@@ -73,6 +82,9 @@ ORIGINALS_AT_ONCE = 4
 #: process's writes that keep the count (``mmsearch index`` of a changed file into the same
 #: embedded server) show after this at most.
 DUPLICATES_TTL = 300.0
+#: The environment variable that carries ``serve``'s options to each of its worker
+#: processes (``serve_options``, ``app_from_env``).
+SERVE_OPTIONS_ENV = "MMSEARCH_SERVE_OPTIONS"
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -106,14 +118,42 @@ class WriteLock:
         self.svc.lock.release()
 
 
+class ServedSearch(MMSearch):
+    """``MMSearch`` as the server uses it: queries are embedded through a
+    ``BatchingEmbedder``, so that concurrent requests share model calls; ingest (uploads,
+    folders, the watcher) and OCR use the embedder as it is, in their own batches."""
+
+    @cached_property
+    def query_embedder(self) -> BatchingEmbedder:
+        s = self.settings
+        return batching(self.embedder, wait_ms=s.query_batch_wait_ms, max_batch=s.query_batch_max)
+
+    @cached_property
+    def searcher(self) -> Searcher:
+        return Searcher(self.settings, store=self.store, embedder=self.query_embedder)
+
+    def close(self) -> None:
+        batcher = self.__dict__.pop("query_embedder", None)
+        self.__dict__.pop("searcher", None)
+        if batcher is not None:
+            batcher.close()
+        super().close()
+
+
 class Service:
-    """What the app holds: one MMSearch, the lock that serialises its use, and the bounds on
-    image decoding and reading."""
+    """What the app holds: one MMSearch, the locks around its use, and the bounds on image
+    decoding and reading.
+
+    ``lock`` serialises writers (``WriteLock``). ``reading`` is what a read takes: the same
+    lock on a Milvus Lite file, whose one client must not be used from two threads at
+    once; nothing on a server, whose gRPC client is thread-safe, so that searches overlap
+    (each other, and the Milvus calls of a writer)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.mm = MMSearch(settings=settings)
+        self.mm = ServedSearch(settings=settings)
         self.lock = threading.Lock()
+        self.reading: AbstractContextManager[Any] = self.lock if settings.is_lite else nullcontext()
         self.decodes = threading.BoundedSemaphore(settings.max_concurrent_decodes)
         self.originals = threading.BoundedSemaphore(ORIGINALS_AT_ONCE)
         self.thumb_dir = settings.cache_dir / "thumbnails"
@@ -127,8 +167,9 @@ class Service:
     def item(self, item_id: str) -> Item:
         if not _ID_RE.match(item_id):
             raise HTTPException(404, "no such item")
-        with self.lock:
-            item = self.mm.get(item_id) if self.mm.store.exists() else None
+        exists = self.exists()
+        with self.reading:
+            item = self.mm.get(item_id) if exists else None
         if item is None:
             raise HTTPException(404, "no such item")
         return item
@@ -143,13 +184,12 @@ class Service:
             raise HTTPException(400, "min_score is for COSINE and IP metrics, not L2")
         if params.label is not None and _CONTROL_RE.search(params.label):
             raise HTTPException(400, "label must not contain control characters")
-        with self.lock:
-            if not self.mm.store.exists():
-                return Results([], mode, ""), []
-            filters = params.filters(self.settings)
+        if not self.exists():
+            return Results([], mode, ""), []
+        filters = params.filters(self.settings)
 
         def run(n: int) -> Results:
-            with self.lock:
+            with self.reading:
                 return self.mm.find(
                     query,
                     mode=mode,
@@ -163,7 +203,7 @@ class Service:
                 )
 
         if params.collapse:
-            return dup.collapsed_search(self.mm.store, run, k, lock=self.lock)
+            return dup.collapsed_search(self.mm.store, run, k, lock=self.reading)
         results = run(k)
         return results, [0] * len(results.hits)
 
@@ -172,16 +212,22 @@ class Service:
         collection has not changed (same count, no write by this server, younger than
         ``DUPLICATES_TTL``), else a new scan, which takes the lock a page of reads at a time
         so that searches go on beside it. Callers take ``duplicates_turn`` first."""
-        with self.lock:
-            if not self.mm.store.exists():
-                return CachedReport((), time.time(), dup.DuplicateReport([], threshold, items=0))
+        if not self.exists():
+            return CachedReport((), time.time(), dup.DuplicateReport([], threshold, items=0))
+        with self.reading:
             key = (self.settings.collection, threshold, self.mm.store.count(), self.writes)
         cached = self.duplicates_cache
         if cached and cached.key == key and time.time() - cached.made_at < DUPLICATES_TTL:
             return cached
-        report = dup.find_duplicates(self.mm.store, threshold, lock=self.lock)
+        report = dup.find_duplicates(self.mm.store, threshold, lock=self.reading)
         self.duplicates_cache = CachedReport(key, time.time(), report)
         return self.duplicates_cache
+
+    def exists(self) -> bool:
+        """Whether the collection exists. The first call connects under the lock, so that
+        threads arriving together make one client, not one each."""
+        with self.reading if self.mm.store.backend.connected else self.lock:
+            return self.mm.store.exists()
 
     def decode(self, data: bytes, *, query: bool) -> Image.Image:
         """Decode an upload, a few at a time; query images within the query pixel budget."""
@@ -343,15 +389,18 @@ def create_app(
     listen_host: str = "127.0.0.1",
     public: bool = False,
     watch: Sequence[Path] = (),
+    watch_election: Path | None = None,
 ) -> FastAPI:
     """The ASGI app; ``mmsearch serve`` runs it with uvicorn on ``listen_host``, keeping the
-    ``watch`` folders in sync beside it."""
+    ``watch`` folders in sync beside it. With ``watch_election`` (``serve --workers N``),
+    only the worker that holds that file's lock watches: N watchers of the same folders
+    would index each change N times over."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.service = service = Service(settings)
-        with _watching(service, watch):
+        with _elected(watch_election) as elected, _watching(service, watch if elected else ()):
             yield
         service.mm.close()
 
@@ -372,6 +421,67 @@ def create_app(
     _add_index_routes(app, settings)
     _add_page_routes(app)
     return app
+
+
+def serve_options(
+    overrides: dict[str, Any],
+    *,
+    listen_host: str,
+    public: bool,
+    watch: Sequence[Path],
+    watch_election: Path | None,
+) -> str:
+    """``serve``'s options for its worker processes, as JSON for ``SERVE_OPTIONS_ENV``.
+
+    uvicorn starts each worker from an import string, so nothing but the environment
+    reaches it. It carries the command line's overrides of the settings, not the settings:
+    each worker reads the same environment and mmsearch.toml again, so secrets stay where
+    the user put them, and the guard's rules (``access_for``) come out the same in every
+    worker."""
+    return json.dumps(
+        {
+            "overrides": {k: v for k, v in overrides.items() if v is not None},
+            "listen_host": listen_host,
+            "public": public,
+            "watch": [str(p) for p in watch],
+            "watch_election": str(watch_election) if watch_election else None,
+        }
+    )
+
+
+def app_from_env() -> FastAPI:
+    """The app of one ``serve --workers N`` process (uvicorn's factory), built from
+    ``SERVE_OPTIONS_ENV`` (``serve_options``)."""
+    options = json.loads(os.environ[SERVE_OPTIONS_ENV])
+    election = options.get("watch_election")
+    return create_app(
+        load_settings(**options["overrides"]),
+        listen_host=options["listen_host"],
+        public=options["public"],
+        watch=[Path(p) for p in options["watch"]],
+        watch_election=Path(election) if election else None,
+    )
+
+
+@contextmanager
+def _elected(lock_file: Path | None) -> Iterator[bool]:
+    """Whether this process is the one to run the watcher: always without ``lock_file``,
+    else while it holds the file's lock (a worker that dies releases it, and the worker
+    uvicorn starts in its place can take it)."""
+    if lock_file is None:
+        yield True
+        return
+    with open(lock_file, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        log.warning("worker %d keeps the watched folders in sync", os.getpid())
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -399,7 +509,7 @@ def _add_search_routes(app: FastAPI, settings: Settings) -> None:
 
     @app.get(f"{API}/stats", response_model=StatsOut, tags=["meta"])
     def stats(svc: ServiceDep) -> StatsOut:
-        with svc.lock:
+        with svc.reading:
             info = svc.mm.stats()
         return StatsOut(**info, indexing_enabled=svc.settings.api_token is not None)
 
@@ -513,7 +623,7 @@ def _add_item_routes(app: FastAPI) -> None:
         """More like this: images similar to an indexed item (by its stored vector)."""
         svc.item(item_id)
         started = time.perf_counter()
-        with svc.lock:
+        with svc.reading:
             hits = svc.mm.more_like_this(item_id, k=k)
         return _search_out(item_id, k, started, Results(hits, Mode.image2image, ""))
 

@@ -523,10 +523,18 @@ def serve(
         list[Path] | None,
         typer.Option(help="A folder to keep in sync while serving (repeatable)."),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Server processes (on embedded:DIR or a server URI; a Lite file takes one).",
+        ),
+    ] = 1,
 ) -> None:
     """Serve the web page (/) and the HTTP API (/api/v1, docs at /docs).
 
     Beyond loopback, reads need MMSEARCH_READ_TOKEN (or MMSEARCH_API_TOKEN) unless --public.
+    With --workers N, N processes share the port and the store; one of them runs --watch.
     """
     import uvicorn
 
@@ -535,6 +543,13 @@ def serve(
 
     extra_hosts = {"allowed_hosts": [*_settings().allowed_hosts, *(allowed_host or [])]}
     settings = _settings(**extra_hosts)
+    if workers > 1 and settings.is_lite:
+        _fail(
+            ValueError(
+                f"--workers {workers} needs a Milvus server: {settings.uri} is a Milvus Lite "
+                "file, which only one process can open; use embedded:DIR or a server URI"
+            )
+        )
     exposed = not is_loopback(host)
     if exposed and not public and settings.read_token is None and settings.api_token is None:
         _fail(
@@ -551,8 +566,64 @@ def serve(
     for folder in watch or []:
         if not folder.is_dir():
             _fail(SourceError(f"{folder}: not a folder (--watch)"))
+    if workers > 1:
+        _serve_workers(settings, extra_hosts, host, port, public, watch or [], workers)
+        return
     app_ = create_app(settings, listen_host=host, public=public, watch=watch or [])
     uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+def _serve_workers(
+    settings: Settings,
+    extra: dict[str, Any],
+    host: str,
+    port: int,
+    public: bool,
+    watch: list[Path],
+    workers: int,
+) -> None:
+    """``serve --workers N``: N uvicorn processes on one port, each built by
+    ``api.app_from_env`` from the options in its environment. An embedded server is started
+    (or found) here first, and held while serving, so that the workers attach to the one
+    server; a file lock elects the worker that runs --watch."""
+    import os
+
+    import uvicorn
+
+    from mmsearch import embedded
+    from mmsearch.api import SERVE_OPTIONS_ENV, serve_options
+
+    holder = None
+    if settings.is_embedded:
+        base = embedded.base_dir_of(settings.uri)
+        try:
+            embedded.ensure_server(
+                base, idle_timeout=settings.embedded_idle_timeout, bin_cache=settings.cache_dir
+            )
+        except embedded.EmbeddedServerError as exc:
+            _fail(StoreError(str(exc)))
+        holder = embedded.add_holder(base)
+    with tempfile.TemporaryDirectory(prefix="mmsearch-serve-") as tmp:
+        election = Path(tmp) / "watch.lock" if watch else None
+        os.environ[SERVE_OPTIONS_ENV] = serve_options(
+            {**_State.overrides, **extra},
+            listen_host=host,
+            public=public,
+            watch=watch,
+            watch_election=election,
+        )
+        try:
+            uvicorn.run(
+                "mmsearch.api:app_from_env",
+                factory=True,
+                workers=workers,
+                host=host,
+                port=port,
+                log_level="warning",
+            )
+        finally:
+            if holder is not None:
+                embedded.remove_holder(holder)
 
 
 @app.command()

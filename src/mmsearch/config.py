@@ -177,6 +177,16 @@ class Settings(BaseSettings):
     upload_dir: Path = Field(
         Path("mmsearch_uploads"), description="Where images uploaded for indexing are kept."
     )
+    query_batch_wait_ms: float = Field(
+        5.0,
+        ge=0,
+        le=1000,
+        description="Milliseconds `serve` waits for more concurrent queries to embed in one "
+        "model call (0 = only those already waiting).",
+    )
+    query_batch_max: int = Field(
+        32, ge=1, le=1024, description="Most query texts or images `serve` embeds in one call."
+    )
 
     # -- remote providers (DashScope, OpenAI-compatible) ---------------------------------------
     dashscope_api_key: SecretStr | None = Field(
