@@ -21,6 +21,7 @@ from rich.table import Table
 from mmsearch import demo as demo_module
 from mmsearch import duplicates as dup
 from mmsearch.config import IndexType, Language, Metric, Settings, load_settings
+from mmsearch.distributed import RayError, RayOptions
 from mmsearch.engine import MMSearch
 from mmsearch.enrich import EnrichReport
 from mmsearch.filters import FilterError
@@ -40,7 +41,7 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
-_USER_ERRORS = (StoreError, QueryError, SourceError, ProviderError)
+_USER_ERRORS = (StoreError, QueryError, SourceError, ProviderError, RayError)
 
 
 class _State:
@@ -134,6 +135,7 @@ def _run_index(
     limit: int | None,
     quiet: bool,
     ocr: bool | None = None,
+    ray: RayOptions | None = None,
 ) -> IngestReport:
     """Index with progress bars: the images, then (with OCR on) reading their text."""
     with _progress_bar(quiet) as bar:
@@ -143,6 +145,7 @@ def _run_index(
             progress=_reporter(bar, "indexing"),
             ocr=ocr,
             ocr_progress=_reporter(bar, "reading text"),
+            ray=ray,
         )
 
 
@@ -201,22 +204,58 @@ def index(
         ),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="Run the batches on Ray: a local Ray on this machine, or the cluster at "
+            "--ray-address. Needs a Milvus server (the embedded one or a URI), not a Lite file.",
+        ),
+    ] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ADDRESS",
+            help="With --ray (implied): the cluster, `auto` (the one this machine is in) or "
+            "ray://HOST:10001.",
+        ),
+    ] = None,
+    actors: Annotated[
+        int | None,
+        typer.Option(min=1, help="With --ray: model actors (default: one per GPU, or 2 CPUs)."),
+    ] = None,
+    actor_cpus: Annotated[
+        float | None,
+        typer.Option(min=0.1, help="With --ray: CPUs per model actor (default: shared out)."),
+    ] = None,
 ) -> None:
     """Describe, embed and store images. Unchanged files already indexed are skipped. Then
     the text in the photos is read (OCR), as a pass of its own: the photos are searchable
     by their vectors before it ends, and an interrupted pass resumes."""
+    on_ray = _ray_options(ray or ray_address is not None, ray_address, actors, actor_cpus)
     try:
         with MMSearch(settings=_settings(batch_size=batch_size)) as mm:
             if dry_run:
                 plan = mm.plan_index(path, limit=limit)
             else:
-                report = _run_index(mm, path, limit, quiet=as_json, ocr=ocr)
+                report = _run_index(mm, path, limit, quiet=as_json, ocr=ocr, ray=on_ray)
     except _USER_ERRORS as exc:
         _fail(exc)
     if dry_run:
         print(json.dumps(plan.as_dict(), indent=2) if as_json else plan.text())
     else:
         _show_report(report, as_json)
+
+
+def _ray_options(
+    on_ray: bool, address: str | None, actors: int | None, actor_cpus: float | None
+) -> RayOptions | None:
+    """``--ray`` and its cluster and pool options, or None for the local runner."""
+    if not on_ray:
+        if actors is not None or actor_cpus is not None:
+            _fail(ValueError("--actors and --actor-cpus go with --ray"))
+        return None
+    return RayOptions(address=address, actors=actors, actor_cpus=actor_cpus)
 
 
 def _hits_table(hits: list[Hit], title: str, copies: list[int] | None = None) -> Table:

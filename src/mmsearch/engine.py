@@ -19,6 +19,7 @@ from typing import Any
 from PIL import Image
 
 from mmsearch.config import Settings, load_settings
+from mmsearch.distributed import RayIngestor, RayOptions
 from mmsearch.enrich import EnrichReport, enrich_ocr
 from mmsearch.estimate import Estimate, estimate_index
 from mmsearch.filters import Filters
@@ -63,12 +64,16 @@ class MMSearch:
         progress: ProgressCallback | None = None,
         ocr: bool | None = None,
         ocr_progress: ProgressCallback | None = None,
+        ray: RayOptions | None = None,
     ) -> IngestReport:
         """Index a folder (recursively), a CSV (``id,path,label``) or one image; then, with
-        ``ocr`` (default: the ``ocr`` setting), read the text of the photos not read yet."""
-        ingestor = Ingestor(
-            self.settings, store=self.store, embedder=self.embedder, describer=self.describer
-        )
+        ``ocr`` (default: the ``ocr`` setting), read the text of the photos not read yet.
+        With ``ray``, the batches run on a Ray cluster (``distributed.py``)."""
+        parts = {"store": self.store, "embedder": self.embedder, "describer": self.describer}
+        if ray is not None:
+            ingestor: Ingestor = RayIngestor(self.settings, ray, **parts)
+        else:
+            ingestor = Ingestor(self.settings, **parts)
         if isinstance(source, str | Path):
             source = Path(source).expanduser()
         report = ingestor.run(source, limit=limit, progress=progress)

@@ -387,44 +387,68 @@ class Ingestor:
         return [pool.submit(self.reader.read, s, i, known.get(i)) for i, s in batch]
 
     def _process(self, batch: list[Work], report: IngestReport) -> None:
-        report.stages["read_decode"] += sum(w.seconds for w in batch)
-        ready = []
-        refresh = {}
-        for work in batch:
-            if work.error is not None:
-                report.failed.append((str(work.source.path), work.error))
-                log.info("skipped %s: %s", work.source.path, work.error)  # the report lists it
-            elif work.unchanged:
-                report.unchanged += 1
-                if work.refresh is not None:
-                    refresh[work.id] = work.refresh
-            else:
-                ready.append(work)
-        reused, moved, ready = self._known_content(ready)
-        rows, failed = self.mapper.map(ready, report.timer) if ready else ([], [])
-        report.failed += [(str(w.source.path), reason) for w, reason in failed]
-        report.moved += len(moved)
-        with report.timer("store"):
-            report.indexed += self.writer.write(reused + rows, refresh)
-            self.writer.delete(moved)
+        mapped = map_batch(batch, self.mapper, self.writer, report)
+        write_mapped(mapped, self.writer, report)
 
-    def _known_content(self, ready: list[Work]) -> tuple[list[Row], list[str], list[Work]]:
-        """Files whose bytes are already stored under another path (moved, renamed or
-        copied) keep those vectors and that description instead of being embedded again.
-        Returns their rows, the ids of the old paths that are gone (moves), and the rest."""
-        if not ready:
-            return [], [], []
-        stored = self.writer.by_content([w.image.content_hash for w in ready if w.image])
-        reused, moved, rest = [], [], []
-        for work in ready:
-            record = stored.get(work.image.content_hash) if work.image else None
-            if record is None or record["id"] == work.id:
-                rest.append(work)
-                continue
-            reused.append(_reused_row(work, record))
-            if not os.path.lexists(record["origin"]):
-                moved.append(record["id"])
-        return reused, moved, rest
+
+@dataclass
+class Mapped:
+    """A batch on its way from the mapper to the writer: new rows, the file facts of
+    unchanged files to refresh, and the ids of moved files' old rows to delete."""
+
+    rows: list[Row]
+    refresh: dict[str, tuple[int, int]]
+    moved: list[str]
+
+
+def map_batch(batch: list[Work], mapper: Mapper, writer: Writer, report: IngestReport) -> Mapped:
+    """Sort a read batch (failed, unchanged, known content, new) and run the models on the
+    new files; counts and stage times go to ``report``. Both runners call it."""
+    report.stages["read_decode"] += sum(w.seconds for w in batch)
+    ready = []
+    refresh = {}
+    for work in batch:
+        if work.error is not None:
+            report.failed.append((str(work.source.path), work.error))
+            log.info("skipped %s: %s", work.source.path, work.error)  # the report lists it
+        elif work.unchanged:
+            report.unchanged += 1
+            if work.refresh is not None:
+                refresh[work.id] = work.refresh
+        else:
+            ready.append(work)
+    with report.timer("store"):
+        reused, moved, ready = _known_content(writer, ready)
+    rows, failed = mapper.map(ready, report.timer) if ready else ([], [])
+    report.failed += [(str(w.source.path), reason) for w, reason in failed]
+    report.moved += len(moved)
+    return Mapped(reused + rows, refresh, moved)
+
+
+def write_mapped(mapped: Mapped, writer: Writer, report: IngestReport) -> None:
+    """Upsert a mapped batch's rows, refresh its file facts, delete moved files' old rows."""
+    with report.timer("store"):
+        report.indexed += writer.write(mapped.rows, mapped.refresh)
+        writer.delete(mapped.moved)
+
+
+def _known_content(writer: Writer, ready: list[Work]) -> tuple[list[Row], list[str], list[Work]]:
+    """Files whose bytes are already stored under another path (moved, renamed or copied)
+    keep those vectors and that description instead of being embedded again. Returns their
+    rows, the ids of the old paths that are gone (moves), and the rest."""
+    if not ready:
+        return [], [], []
+    stored = writer.by_content([w.image.content_hash for w in ready if w.image])
+    reused, moved, rest = [], [], []
+    for work in ready:
+        record = stored.get(work.image.content_hash) if work.image else None
+        if record is None or record["id"] == work.id:
+            rest.append(work)
+            continue
+        reused.append(_reused_row(work, record))
+        if not os.path.lexists(record["origin"]):
+            moved.append(record["id"])
+    return reused, moved, rest
 
 
 def _reused_row(work: Work, record: dict[str, Any]) -> Row:

@@ -1,0 +1,286 @@
+"""Ingest on a Ray cluster (Ray Data): the local runner's stages, spread over processes.
+
+The pipeline is the one ``ingest.py`` describes, with each stage a Ray Data operator, as in
+Ray's own multimodal example (``doggos/embed.py``):
+
+- read: tasks that stat, hash and decode files (``Reader``), on any CPU of the cluster;
+- map: a pool of model actors, each loading its models once (``Mapper``), with a GPU each
+  where the cluster has them; they also look up known content (moved files reuse vectors);
+- write: a pool of writer actors that upsert into the Milvus server (``Writer``).
+
+The driver lists the files, asks the store what it knows of them once, and streams the
+dataset through; it counts each batch's report into one as batches finish, so the report
+and the progress bar are the local runner's.
+
+Guarantees (README, "Indexing on Ray"): ids come from file paths and writes are upserts,
+so a batch written twice is stored once. Ray restarts a killed actor and retries its batch
+(``max_restarts``/``max_task_retries`` are unlimited for Ray Data's actor pools); a killed
+driver loses only the batches not yet written, and a rerun skips what is stored and
+unchanged. Either way every file ends up indexed exactly once.
+
+A Milvus Lite file is refused: it is one process's file, and the actors are many
+processes. An ``embedded:`` store works on a local Ray (the actors attach to the one
+server, as any mmsearch process does); a remote cluster needs a server URI it can reach.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mmsearch.config import Settings
+from mmsearch.ingest import (
+    Ingestor,
+    IngestReport,
+    Mapped,
+    Mapper,
+    ProgressCallback,
+    Reader,
+    Writer,
+    map_batch,
+    write_mapped,
+)
+from mmsearch.providers import Describer, Embedder, get_describer, get_embedder
+from mmsearch.sources import SourceItem
+from mmsearch.store import KnownFile, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+#: CPUs a read task asks for: reading is mostly waiting on disk and decoding in C, and on a
+#: 2-core machine whole-CPU tasks beside the actors left nothing to run on (the dataset hung).
+READ_CPUS = 0.25
+
+
+class RayError(RuntimeError):
+    """Ray is missing, or the cluster cannot be reached: a user error, said in one line."""
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide a Ray run goes."""
+
+    #: ``None``: a local Ray on this machine; ``"auto"``: the cluster this machine is in;
+    #: ``"ray://host:10001"``: a remote cluster through Ray Client.
+    address: str | None = None
+    #: Model actors; ``None``: one per GPU where the cluster has GPUs, else one per 2 CPUs.
+    actors: int | None = None
+    #: CPUs each model actor asks for (its model threads); ``None``: the cluster's CPUs
+    #: less the readers' share, split between the actors.
+    actor_cpus: float | None = None
+    #: Writer actors (each holds one connection to the Milvus server).
+    writers: int = 1
+
+
+class RayIngestor(Ingestor):
+    """``Ingestor`` with the batches run on Ray: same listing, skips, report and removal
+    of files gone from a folder; only ``_run_batches`` differs."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        options: RayOptions | None = None,
+        *,
+        store: Store | None = None,
+        embedder: Embedder | None = None,
+        describer: Describer | None = None,
+    ) -> None:
+        refuse_lite(settings, "--ray")
+        super().__init__(settings, store=store, embedder=embedder, describer=describer)
+        self.options = options or RayOptions()
+
+    def _run_batches(
+        self,
+        files: list[tuple[str, SourceItem]],
+        report: IngestReport,
+        progress: ProgressCallback | None,
+    ) -> None:
+        if not files:
+            return
+        known = self.writer.known([i for i, _ in files])
+        items = [{"file": _File(i, s, known.get(i))} for i, s in files]
+        with _ray_session(self.options.address):
+            done = 0
+            for part in _stream(self.settings, self.options, items, self._open_args()):
+                part_total, part.total = part.total, 0
+                report.add(part)
+                done += part_total
+                if progress:
+                    progress(done, len(files))
+
+    def _open_args(self) -> dict[str, Any]:
+        """What the actors pass to ``Store.open`` (the driver created the collection)."""
+        embedder = self.mapper.embedder
+        return {"embedder": embedder.name, "dim": embedder.dim, "create": False}
+
+
+def refuse_lite(settings: Settings, what: str) -> None:
+    """A Milvus Lite file is one process's: say so instead of corrupting or hanging."""
+    if settings.is_lite:
+        raise StoreError(
+            f"{what} needs a Milvus server ({settings.uri} is a Milvus Lite file, which only "
+            "one process can use): use the embedded server (--uri embedded:DIR, the default) "
+            "or a server URI"
+        )
+
+
+def _stream(
+    settings: Settings, options: RayOptions, items: list[dict[str, Any]], open_args: dict
+) -> Iterator[IngestReport]:
+    """Run the dataset; yield each batch's report as its rows are written."""
+    import ray
+
+    actors, actor_cpus, gpus = _pool_shape(options, ray.cluster_resources())
+    bs = settings.batch_size
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items) // bs))
+    ds = ds.map_batches(
+        _read_batch, fn_kwargs={"settings": settings}, batch_size=bs, num_cpus=READ_CPUS
+    )
+    threads = max(1, round(actor_cpus))
+    ds = ds.map_batches(
+        _ModelStage,
+        fn_constructor_kwargs={"settings": settings, "threads": threads},
+        batch_size=bs,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=actor_cpus,
+        num_gpus=gpus,
+    )
+    ds = ds.map_batches(
+        _WriteStage,
+        fn_constructor_kwargs={"settings": settings, "open_args": open_args},
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=options.writers),
+        num_cpus=READ_CPUS,
+    )
+    for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        yield from out["report"]
+
+
+def _pool_shape(options: RayOptions, resources: dict[str, float]) -> tuple[int, float, int]:
+    """(model actors, CPUs each, GPUs each) for the cluster's resources."""
+    cpus, gpus = float(resources.get("CPU", 1)), int(resources.get("GPU", 0))
+    actors = options.actors or (gpus if gpus else max(1, int(cpus // 2)))
+    # Leave the readers and the writers their share, or the dataset waits for CPUs forever.
+    spare = cpus - READ_CPUS * (1 + options.writers)
+    actor_cpus = options.actor_cpus or max(0.25, round(spare / actors, 2))
+    if actor_cpus * actors > spare:
+        raise RayError(
+            f"{actors} model actors x {actor_cpus} CPUs leave no CPU for reading and writing "
+            f"on a cluster of {cpus:g} CPUs: ask for fewer actors or fewer CPUs each"
+        )
+    return actors, actor_cpus, 1 if gpus and gpus >= actors else 0
+
+
+@dataclass(frozen=True)
+class _File:
+    """A file to read, with what the store knows of it (one object: Ray Data would turn a
+    column of ``None`` into NaNs)."""
+
+    id: str
+    item: SourceItem
+    known: KnownFile | None
+
+
+def _objects(values: list[Any]) -> np.ndarray:
+    """A column of Python objects (Ray Data pickles them between stages)."""
+    column = np.empty(len(values), dtype=object)
+    column[:] = values
+    return column
+
+
+def _read_batch(batch: dict[str, np.ndarray], settings: Settings) -> dict[str, np.ndarray]:
+    """Read stage (a task): files to ``Work`` items, decoded where they changed."""
+    reader = Reader(settings)
+    works = [reader.read(f.item, f.id, f.known) for f in batch["file"]]
+    return {"work": _objects(works)}
+
+
+class _ModelStage:
+    """Map stage (an actor): loads the models once, then maps batch after batch."""
+
+    def __init__(self, settings: Settings, threads: int) -> None:
+        _limit_threads(threads)
+        self.mapper = Mapper(get_embedder(settings), get_describer(settings))
+        store = Store(settings)
+        embedder = self.mapper.embedder
+        store.open(embedder=embedder.name, dim=embedder.dim, create=False)
+        self.writer = Writer(store)  # for known-content lookups only
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        works = list(batch["work"])
+        report = IngestReport(total=len(works))
+        mapped = map_batch(works, self.mapper, self.writer, report)
+        return {"mapped": _objects([mapped]), "report": _objects([report])}
+
+
+class _WriteStage:
+    """Write stage (an actor): one connection to the Milvus server, upserting batches."""
+
+    def __init__(self, settings: Settings, open_args: dict[str, Any]) -> None:
+        store = Store(settings)
+        store.open(**open_args)
+        self.writer = Writer(store)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        reports = []
+        for mapped, report in zip(batch["mapped"], batch["report"], strict=True):
+            assert isinstance(mapped, Mapped) and isinstance(report, IngestReport)
+            write_mapped(mapped, self.writer, report)
+            reports.append(report)
+        return {"report": _objects(reports)}
+
+
+def _limit_threads(threads: int) -> None:
+    """Give the actor's model as many threads as the CPUs it asked for: two actors with a
+    thread per core each would fight over the cores."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def _ray_session(address: str | None) -> Iterator[None]:
+    """Connect to the cluster (or start a local Ray) for the run, and disconnect after; a
+    driver already connected (a notebook, a test) is left connected."""
+    try:
+        import ray
+        from ray.data import DataContext
+    except ImportError:
+        raise RayError("--ray needs Ray: pip install 'mmsearch[ray]'") from None
+    started = not ray.is_initialized()
+    if started:
+        _quiet_ray()
+        try:
+            ray.init(
+                address=address,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+            )
+        except (ConnectionError, ValueError, RuntimeError, TimeoutError) as exc:
+            where = address or "a local Ray"
+            raise RayError(f"cannot start or reach {where}: {exc}") from None
+    context = DataContext.get_current()
+    _quiet_ray()  # Ray sets its loggers' levels when it starts
+    context.enable_progress_bars = False  # the caller's progress bar counts files
+    context.print_on_execution_start = False
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _quiet_ray() -> None:
+    """Keep Ray's notices (execution plans, pickled columns, disabled bars) out of the
+    CLI's output; errors still show, and Ray's own logs are in its session folder."""
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)

@@ -1,0 +1,174 @@
+"""`mmsearch index --ray` (issue 14): a local Ray cluster of 2 CPUs and the embedded server.
+
+The Ray run must store what the local runner stores, and faults (a model actor killed
+with SIGKILL mid-run, the driver killed and the run started again) must end with every
+image stored exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mmsearch import MMSearch, Settings, embedded
+from mmsearch.distributed import RayOptions
+from mmsearch.store import FEATURE_FIELD, IMAGE_FIELD, TEXT_FIELD, StoreError
+
+from .conftest import REVERSE_CSV
+
+ray = pytest.importorskip("ray")
+
+pytestmark = [
+    pytest.mark.datasets,
+    pytest.mark.skipif(not embedded.available(), reason="the embedded server is not installed"),
+]
+
+VECTORS = (IMAGE_FIELD, TEXT_FIELD, FEATURE_FIELD)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray of 2 CPUs, as the issue measured it (whole-CPU actors hung it)."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def _settings(server: Path, cache_dir: Path, collection: str, **more) -> Settings:
+    return Settings(uri=f"embedded:{server}", collection=collection, cache_dir=cache_dir, **more)
+
+
+@pytest.fixture(scope="module")
+def local_rows(embedded_server, cache_dir):
+    """The 100 reference images indexed by the local runner: what Ray must reproduce."""
+    with MMSearch(settings=_settings(embedded_server, cache_dir, "local100")) as mm:
+        assert mm.index(REVERSE_CSV).indexed == 100
+        yield _rows(mm)
+
+
+def _rows(mm: MMSearch) -> dict[str, dict]:
+    ids = [item.id for item in mm.store.iter_items()]
+    assert len(ids) == len(set(ids)) == mm.store.count()
+    return {r["id"]: r for r in mm.store.get(ids, with_vectors=True)}
+
+
+def test_ray_stores_what_the_local_runner_stores(cluster, embedded_server, cache_dir, local_rows):
+    with MMSearch(settings=_settings(embedded_server, cache_dir, "ray100")) as mm:
+        report = mm.index(REVERSE_CSV, ray=RayOptions(actors=2))
+        assert (report.indexed, report.total, report.failed) == (100, 100, [])
+        assert {"read_decode", "embed_images", "describe", "store"} <= set(report.stages)
+        ray_rows = _rows(mm)
+        again = mm.index(REVERSE_CSV, ray=RayOptions())
+        assert (again.indexed, again.unchanged) == (0, 100)
+    assert ray_rows.keys() == local_rows.keys()
+    for id_, mine in ray_rows.items():
+        theirs = local_rows[id_]
+        for name, value in theirs.items():
+            if name in VECTORS:
+                np.testing.assert_allclose(mine[name], value, atol=1e-4, err_msg=name)
+            elif name != "indexed_at":
+                assert mine[name] == value, (id_, name)
+
+
+def _actor_pids(stage: str) -> set[int]:
+    """Processes of Ray Data's actors for ``stage`` (their titles name the class)."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                title = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if stage.encode() in title and b"MapWorker" in title:
+                pids.add(int(entry.name))
+    return pids
+
+
+def test_a_model_actor_killed_mid_run_costs_nothing(
+    cluster, embedded_server, cache_dir, local_rows
+):
+    settings = _settings(embedded_server, cache_dir, "raykill", batch_size=8)
+    killed: list[int] = []
+
+    def kill_once(done: int, total: int) -> None:
+        if done >= 24 and not killed:
+            pids = _actor_pids("_ModelStage")
+            assert pids, "no model actor found to kill"
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            killed.extend(pids)
+
+    with MMSearch(settings=settings) as mm:
+        report = mm.index(REVERSE_CSV, ray=RayOptions(actors=1), progress=kill_once)
+        assert killed, "the run ended before the kill"
+        assert (report.indexed, report.failed) == (100, [])
+        assert _rows(mm).keys() == local_rows.keys()  # exactly 100 rows, none twice
+
+
+def _index_cli(settings: Settings, address: str, *more: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MMSEARCH_")}
+    env |= {
+        "MMSEARCH_URI": settings.uri,
+        "MMSEARCH_COLLECTION": settings.collection,
+        "MMSEARCH_CACHE_DIR": str(settings.cache_dir),
+        "MMSEARCH_BATCH_SIZE": str(settings.batch_size),
+        "MMSEARCH_OCR": "0",
+    }
+    cmd = [sys.executable, "-m", "mmsearch.cli", "index", str(REVERSE_CSV), "--json"]
+    return subprocess.Popen(
+        [*cmd, "--ray-address", address, *more],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_the_driver_killed_and_run_again_indexes_each_image_once(
+    cluster, embedded_server, cache_dir, local_rows
+):
+    settings = _settings(embedded_server, cache_dir, "raydriver", batch_size=8)
+    first = _index_cli(settings, cluster)
+    with MMSearch(settings=settings) as mm:
+        deadline = time.monotonic() + 300
+        while not (mm.store.exists() and mm.store.count() >= 16):
+            assert first.poll() is None, first.communicate()
+            assert time.monotonic() < deadline, "nothing written in 300 s"
+            time.sleep(0.2)
+        first.kill()
+        first.wait()
+        written = mm.store.count()
+        assert written < 100, "the run ended before the kill"
+        second = _index_cli(settings, cluster)
+        out, err = second.communicate(timeout=600)
+        assert second.returncode == 0 and "Traceback" not in err, err
+        report = json.loads(out)
+        assert report["indexed"] + report["unchanged"] == 100 and not report["failed"]
+        assert report["unchanged"] >= written  # what was stored is not embedded again
+        assert _rows(mm).keys() == local_rows.keys()
+
+
+def test_a_lite_file_is_refused_with_the_reason(tmp_path, cache_dir):
+    settings = Settings(uri=str(tmp_path / "lite.db"), cache_dir=cache_dir)
+    with MMSearch(settings=settings) as mm, pytest.raises(StoreError, match="Lite file"):
+        mm.index(REVERSE_CSV, ray=RayOptions())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MMSEARCH_")}
+    env |= {"MMSEARCH_URI": settings.uri, "MMSEARCH_CACHE_DIR": str(cache_dir)}
+    run = subprocess.run(
+        [sys.executable, "-m", "mmsearch.cli", "index", str(REVERSE_CSV), "--ray"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert "Lite file" in run.stderr + run.stdout
+    assert not (tmp_path / "lite.db").exists()  # refused before anything was written
