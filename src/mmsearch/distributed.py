@@ -112,11 +112,22 @@ class RayIngestor(Ingestor):
                 done += part_total
                 if progress:
                     progress(done, len(files))
+        _see_all_writes(self.store)
 
     def _open_args(self) -> dict[str, Any]:
         """What the actors pass to ``Store.open`` (the driver created the collection)."""
         embedder = self.mapper.embedder
         return {"embedder": embedder.name, "dim": embedder.dim, "create": False}
+
+
+def _see_all_writes(store: Store) -> None:
+    """The actors wrote through clients of their own, and this process reads at Session
+    consistency (its own writes at once, others' a moment later: right after a run, a
+    count saw 32 of 64 rows). One Strong read per collection waits until the server has
+    applied them, so what follows (removing gone files, the OCR pass, the caller) sees all.
+    """
+    for name in store.collections():
+        store.client.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong")
 
 
 def refuse_lite(settings: Settings, what: str) -> None:
