@@ -59,31 +59,31 @@ class Doubler:
 
 def test_concurrent_calls_share_model_calls_and_get_their_own_results():
     model = Doubler()
-    batcher = Batcher(model, wait_s=0.05, max_batch=64)
-    out = _together(16, lambda i: batcher.submit([i, i + 100]))
+    batcher = Batcher({"n": model}, wait_s=0.05, max_batch=64)
+    out = _together(16, lambda i: batcher.submit("n", [i, i + 100]))
     assert out == [[2 * i, 2 * i + 200] for i in range(16)]
-    assert len(model.calls) < 16 and batcher.stats.model_calls == len(model.calls)
-    assert batcher.stats.calls == 16 and batcher.stats.items == 32
+    assert len(model.calls) < 16 and batcher.stats["n"].model_calls == len(model.calls)
+    assert batcher.stats["n"].calls == 16 and batcher.stats["n"].items == 32
     batcher.close()
 
 
 def test_batches_keep_within_max_batch():
     model = Doubler()
-    batcher = Batcher(model, wait_s=0.05, max_batch=5)
-    out = _together(12, lambda i: batcher.submit([i, i]))
+    batcher = Batcher({"n": model}, wait_s=0.05, max_batch=5)
+    out = _together(12, lambda i: batcher.submit("n", [i, i]))
     assert out == [[2 * i, 2 * i] for i in range(12)]
     assert all(sum(len(c) for c in calls) <= 5 for calls in model.calls)
-    assert batcher.stats.largest <= 5
+    assert batcher.stats["n"].largest <= 5
     batcher.close()
 
 
 def test_a_failing_call_fails_alone():
     model = Doubler()
-    batcher = Batcher(model, wait_s=0.05, max_batch=64)
-    out = _together(8, lambda i: batcher.submit([-1] if i == 3 else [i]))
+    batcher = Batcher({"n": model}, wait_s=0.05, max_batch=64)
+    out = _together(8, lambda i: batcher.submit("n", [-1] if i == 3 else [i]))
     assert isinstance(out[3], ProviderError)
     assert [o for i, o in enumerate(out) if i != 3] == [[2 * i] for i in range(8) if i != 3]
-    assert batcher.stats.retried_alone > 0
+    assert batcher.stats["n"].retried_alone > 0
     batcher.close()
 
 
@@ -91,22 +91,22 @@ def test_a_fatal_error_fails_the_batch_without_retries():
     def fatal(calls: list[list[int]]) -> list[list[int]]:
         raise FatalProviderError("no key")
 
-    batcher = Batcher(fatal, wait_s=0.05, max_batch=64)
-    out = _together(4, lambda i: batcher.submit([i]))
+    batcher = Batcher({"n": fatal}, wait_s=0.05, max_batch=64)
+    out = _together(4, lambda i: batcher.submit("n", [i]))
     assert all(isinstance(o, FatalProviderError) for o in out)
-    assert batcher.stats.retried_alone == 0
+    assert batcher.stats["n"].retried_alone == 0
     batcher.close()
 
 
 def test_a_lone_call_waits_at_most_the_window():
-    batcher = Batcher(Doubler(delay=0), wait_s=0.005, max_batch=64)
-    batcher.submit([1])  # starts the thread
+    batcher = Batcher({"n": Doubler(delay=0)}, wait_s=0.005, max_batch=64)
+    batcher.submit("n", [1])  # starts the thread
     started = time.perf_counter()
-    assert batcher.submit([2]) == [4]
+    assert batcher.submit("n", [2]) == [4]
     assert time.perf_counter() - started < 0.5
     batcher.close()
     with pytest.raises(RuntimeError, match="closed"):
-        batcher.submit([3])
+        batcher.submit("n", [3])
 
 
 class FakeEmbedder:
@@ -149,6 +149,7 @@ def test_embedder_batches_queries_not_documents():
     for i, rows in enumerate(out):
         np.testing.assert_array_equal(rows, [[i + 1, 1, 0]])
     assert len(inner.text_calls) < 10 and all(q for _, q in inner.text_calls)
+    assert emb.batcher.stats["texts"].model_calls == len(inner.text_calls)
     before = len(inner.text_calls)
     emb.embed_texts(["a", "bb"], query=False)
     assert inner.text_calls[before:] == [(2, False)]
@@ -175,4 +176,26 @@ def test_embedder_splits_image_vectors_and_isolates_bad_images():
     batch = ImageBatch([Image.new("RGB", (5, 5))], derived={"other": 1})
     emb.embed_images(batch)  # carries another provider's results: straight through
     assert inner.image_calls[calls:] == [1]
+    emb.close()
+
+
+def test_texts_and_images_share_one_queue_in_order_of_arrival():
+    inner = FakeEmbedder()
+    emb = batching(inner, wait_ms=50, max_batch=32)
+
+    def query(i: int):
+        if i % 2:
+            return emb.embed_images([Image.new("RGB", (10 + i, 4))])
+        return emb.embed_texts(["x" * (i + 1)], query=True)
+
+    out = _together(8, query)
+    for i, got in enumerate(out):
+        if i % 2:
+            np.testing.assert_array_equal(got.shared, [[10 + i, 0, 0]])
+        else:
+            np.testing.assert_array_equal(got, [[i + 1, 1, 0]])
+    stats = emb.batcher.stats
+    assert stats["texts"].calls == stats["images"].calls == 4
+    assert stats["texts"].model_calls + stats["images"].model_calls < 8
+    assert emb.batcher.name == "query-batcher"
     emb.close()
