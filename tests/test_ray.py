@@ -172,3 +172,30 @@ def test_a_lite_file_is_refused_with_the_reason(tmp_path, cache_dir):
     assert run.returncode != 0 and "Traceback" not in run.stderr
     assert "Lite file" in run.stderr + run.stdout
     assert not (tmp_path / "lite.db").exists()  # refused before anything was written
+
+
+def test_the_ocr_pass_runs_on_the_actors_and_reads_what_a_local_pass_reads(
+    cluster, embedded_server, cache_dir, tmp_path
+):
+    from mmsearch import enrich
+    from mmsearch.ocr import VERSION, OcrEngine
+
+    from . import textphotos
+
+    if not any(zh for _, zh, _ in textphotos.available_fonts().values()):
+        pytest.skip("no Chinese font installed (Debian: fonts-wqy-zenhei)")
+    truth = textphotos.make_corpus(tmp_path, 4, seed=5)
+    settings = _settings(embedded_server, cache_dir, "rayocr", ocr=True)
+    with MMSearch(settings=settings) as mm:
+        report = mm.index(tmp_path, ray=RayOptions(actors=1))
+        assert report.indexed == 8 and report.ocr is not None
+        assert (report.ocr.pending, report.ocr.read, report.ocr.failed) == (8, 8, [])
+        items = {Path(it.origin).name: it for it in mm.store.iter_items()}
+    assert {it.ocr_version for it in items.values()} == {VERSION}
+    local = enrich.EnrichReport()
+    ordered = list(items.values())
+    read_here = enrich.read_batch(OcrEngine.shared(), ordered, settings.max_image_pixels, local)
+    assert {i: c["ocr_text"] for i, c in read_here.items()} == {
+        it.id: it.ocr_text for it in ordered
+    }
+    assert report.ocr.with_text >= len(truth) - 1  # a text photo or two may read nothing

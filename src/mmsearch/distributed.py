@@ -28,12 +28,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from mmsearch import enrich
 from mmsearch.config import Settings
 from mmsearch.ingest import (
     Ingestor,
@@ -288,6 +290,81 @@ def _ray_session(address: str | None) -> Iterator[None]:
     finally:
         if started:
             ray.shutdown()
+
+
+# -- the OCR pass --------------------------------------------------------------------------
+
+
+def enrich_ocr_on_ray(
+    store: Store,
+    options: RayOptions,
+    *,
+    limit: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> enrich.EnrichReport:
+    """The OCR pass (``enrich.py``) with its batches spread over a pool of OCR actors, each
+    loading the engine once and writing what it read: per photo, OCR costs several times
+    the rest of ingest (``bench/ocr.py``), so on a cluster it must not run on the driver.
+    Resumable as the local pass is: a killed run leaves the rest pending."""
+    from mmsearch.ocr import VERSION
+
+    refuse_lite(store.settings, "--ray")
+    started = time.perf_counter()
+    ids = enrich.ocr_pending(store, VERSION)[:limit]
+    report = enrich.EnrichReport(pending=len(ids))
+    if ids:
+        with _ray_session(options.address):
+            done = 0
+            for part in _stream_ocr(store.settings, options, ids):
+                done += part.pending
+                report.read += part.read
+                report.with_text += part.with_text
+                report.failed += part.failed
+                if progress:
+                    progress(done, len(ids))
+        _see_all_writes(store)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _stream_ocr(
+    settings: Settings, options: RayOptions, ids: list[str]
+) -> Iterator[enrich.EnrichReport]:
+    import ray
+
+    actors, actor_cpus, _ = _pool_shape(options, ray.cluster_resources())
+    ds = ray.data.from_items(
+        [{"id": i} for i in ids], override_num_blocks=max(1, len(ids) // enrich.BATCH)
+    )
+    ds = ds.map_batches(
+        _OcrStage,
+        fn_constructor_kwargs={"settings": settings, "threads": max(1, round(actor_cpus))},
+        batch_size=enrich.BATCH,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=actor_cpus,
+    )
+    for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        yield from out["report"]
+
+
+class _OcrStage:
+    """An OCR actor: the engine loaded once; reads a batch of rows' photos, writes the text."""
+
+    def __init__(self, settings: Settings, threads: int) -> None:
+        from mmsearch.ocr import OcrEngine
+
+        embedder = get_embedder(settings)  # its name and size only: nothing is loaded
+        self.store = Store(settings)
+        self.store.open(embedder=embedder.name, dim=embedder.dim, create=False)
+        self.engine = OcrEngine(threads=threads)
+        self.max_pixels = settings.max_image_pixels
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        items = self.store.items([str(i) for i in batch["id"]])
+        report = enrich.EnrichReport(pending=len(batch["id"]))
+        changes = enrich.read_batch(self.engine, items, self.max_pixels, report)
+        enrich.write_batch(self.store, items, changes, report)
+        return {"report": _objects([report])}
 
 
 def _quiet_ray() -> None:

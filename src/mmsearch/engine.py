@@ -19,7 +19,7 @@ from typing import Any
 from PIL import Image
 
 from mmsearch.config import Settings, load_settings
-from mmsearch.distributed import RayIngestor, RayOptions
+from mmsearch.distributed import RayIngestor, RayOptions, enrich_ocr_on_ray
 from mmsearch.enrich import EnrichReport, enrich_ocr
 from mmsearch.estimate import Estimate, estimate_index
 from mmsearch.filters import Filters
@@ -79,7 +79,10 @@ class MMSearch:
         report = ingestor.run(source, limit=limit, progress=progress)
         self.__dict__.pop("searcher", None)  # the collection may have just been created
         if (self.settings.ocr if ocr is None else ocr) and self.store.exists():
-            report.ocr = self.enrich_ocr(progress=ocr_progress)
+            if ray is not None:
+                report.ocr = enrich_ocr_on_ray(self.store, ray, progress=ocr_progress)
+            else:
+                report.ocr = self.enrich_ocr(progress=ocr_progress)
         return report
 
     def plan_index(

@@ -99,20 +99,20 @@ def enrich_ocr(
     for first in range(0, len(ids), BATCH):
         with guard:
             items = store.items(ids[first : first + BATCH])
-        changes = _read_batch(reader, items, max_pixels, report)
+        changes = read_batch(reader, items, max_pixels, report)
         with guard:
-            _write(store, items, changes, report)
+            write_batch(store, items, changes, report)
         if progress:
             progress(min(first + BATCH, len(ids)), len(ids))
     report.seconds = time.perf_counter() - start
     return report
 
 
-def _read_batch(
+def read_batch(
     reader: Reader, items: list[Item], max_pixels: int, report: EnrichReport
 ) -> dict[str, dict[str, Any]]:
     """Decode a batch's files (guarded like the image endpoint) and read them: the fields
-    to store per id."""
+    to store per id. (The pass on Ray, ``distributed.py``, runs it in its actors.)"""
     readable: list[tuple[Item, Image.Image]] = []
     for item in items:
         try:
@@ -135,7 +135,7 @@ def _read_batch(
     }
 
 
-def _write(
+def write_batch(
     store: Store, items: list[Item], changes: dict[str, dict[str, Any]], report: EnrichReport
 ) -> None:
     """Store what was read, for the rows that still hold the bytes that were read (a file
