@@ -182,6 +182,34 @@ def _print_ocr(report: EnrichReport) -> None:
         console.print(f"  not read: {path}: {reason}", highlight=False)
 
 
+#: ``index``'s Ray options (``distributed.py``).
+_RayFlag = Annotated[
+    bool,
+    typer.Option(
+        "--ray",
+        help="Run the batches on Ray: a local Ray on this machine, or the cluster at "
+        "--ray-address. Needs a Milvus server (the embedded one or a URI), not a Lite file.",
+    ),
+]
+_RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="With --ray (implied): the cluster, `auto` (the one this machine is in) or "
+        "ray://HOST:10001.",
+    ),
+]
+_Actors = Annotated[
+    int | None,
+    typer.Option(min=1, help="With --ray: model actors (default: one per GPU, or 2 CPUs)."),
+]
+_ActorCpus = Annotated[
+    float | None,
+    typer.Option(min=0.1, help="With --ray: CPUs per model actor (default: shared out)."),
+]
+
+
 @app.command()
 def index(
     path: Annotated[
@@ -204,30 +232,10 @@ def index(
         ),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-    ray: Annotated[
-        bool,
-        typer.Option(
-            "--ray",
-            help="Run the batches on Ray: a local Ray on this machine, or the cluster at "
-            "--ray-address. Needs a Milvus server (the embedded one or a URI), not a Lite file.",
-        ),
-    ] = False,
-    ray_address: Annotated[
-        str | None,
-        typer.Option(
-            metavar="ADDRESS",
-            help="With --ray (implied): the cluster, `auto` (the one this machine is in) or "
-            "ray://HOST:10001.",
-        ),
-    ] = None,
-    actors: Annotated[
-        int | None,
-        typer.Option(min=1, help="With --ray: model actors (default: one per GPU, or 2 CPUs)."),
-    ] = None,
-    actor_cpus: Annotated[
-        float | None,
-        typer.Option(min=0.1, help="With --ray: CPUs per model actor (default: shared out)."),
-    ] = None,
+    ray: _RayFlag = False,
+    ray_address: _RayAddress = None,
+    actors: _Actors = None,
+    actor_cpus: _ActorCpus = None,
 ) -> None:
     """Describe, embed and store images. Unchanged files already indexed are skipped. Then
     the text in the photos is read (OCR), as a pass of its own: the photos are searchable
