@@ -57,7 +57,7 @@ def test_config_file_named_by_env(monkeypatch, tmp_path):
 def test_bad_values_are_rejected(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValidationError):
-        Settings(index_type="DISKANN")
+        Settings(index_type="ANNOY")
     monkeypatch.setenv("MMSEARCH_BATCH_SIZE", "0")
     with pytest.raises(ValidationError):
         Settings()

@@ -27,6 +27,10 @@ from pydantic_settings import (
 class IndexType(StrEnum):
     HNSW = "HNSW"
     IVF_FLAT = "IVF_FLAT"
+    #: Product-quantised IVF: the least memory at 10M-100M rows (docs/deployment.md).
+    IVF_PQ = "IVF_PQ"
+    #: Vamana graph on local NVMe: servers with ``queryNode.enableDisk`` only.
+    DISKANN = "DISKANN"
     FLAT = "FLAT"
 
 
@@ -49,6 +53,12 @@ class Language(StrEnum):
 DEFAULT_INDEX_PARAMS: dict[IndexType, dict[str, Any]] = {
     IndexType.HNSW: {"M": 32, "efConstruction": 200},
     IndexType.IVF_FLAT: {"nlist": 128},
+    # nlist: Milvus's guidance is ~4·sqrt(rows per segment), and a 512 MB segment of 512-d
+    # vectors holds ~256k rows; segments under 1,024 rows are not indexed, so k-means never
+    # has fewer points than lists. ``m`` is set per vector field (``pq_m``).
+    IndexType.IVF_PQ: {"nlist": 1024, "nbits": 8},
+    # Built with the server's DiskIndex settings (MaxDegree 56, SearchListSize 100).
+    IndexType.DISKANN: {},
     IndexType.FLAT: {},
 }
 
@@ -56,8 +66,20 @@ DEFAULT_INDEX_PARAMS: dict[IndexType, dict[str, Any]] = {
 DEFAULT_SEARCH_PARAMS: dict[IndexType, dict[str, Any]] = {
     IndexType.HNSW: {"ef": 1024},
     IndexType.IVF_FLAT: {"nprobe": 32},
+    IndexType.IVF_PQ: {"nprobe": 64},
+    # Raised to k and capped at max(200, 10·k) per search (Store.search): Milvus 2.3 refuses
+    # a search_list outside that range.
+    IndexType.DISKANN: {"search_list": 100},
     IndexType.FLAT: {},
 }
+
+
+def pq_m(dim: int) -> int:
+    """IVF_PQ's number of sub-vectors for a vector field of ``dim``: D/4 (one byte of code
+    per four floats at nbits 8, 1/16 of the raw vector), else the largest divisor of D
+    below D/4, because Milvus refuses an ``m`` that does not divide the field's dimension,
+    and mmsearch's fields differ (e.g. 384 and 1384 for the offline provider)."""
+    return next(m for m in range(max(1, dim // 4), 0, -1) if dim % m == 0)
 
 
 #: URIs of the Milvus server that mmsearch starts itself: ``embedded.SCHEME``, spelt out
@@ -106,12 +128,22 @@ class Settings(BaseSettings):
         ge=0,
         description="Seconds an embedded: server runs unused before it stops (0 = never).",
     )
-    index_type: IndexType = Field(IndexType.HNSW, description="Vector index: HNSW, IVF_FLAT, FLAT.")
+    index_type: IndexType = Field(
+        IndexType.HNSW,
+        description="Vector index: HNSW, IVF_FLAT, FLAT, or for 10M+ rows on a Milvus server "
+        "IVF_PQ or DISKANN (docs/deployment.md).",
+    )
     index_params: dict[str, Any] = Field(
         default_factory=dict, description="Index build parameters (default per index type)."
     )
     search_params: dict[str, Any] = Field(
         default_factory=dict, description="Search parameters (default per index type)."
+    )
+    shards: int | None = Field(
+        None,
+        ge=1,
+        description="Shards (write channels) of a new collection; unset: the server's default "
+        "(1). More spread a high upsert rate over a cluster's nodes; Milvus Lite has one.",
     )
     metric: Metric = Field(Metric.COSINE, description="Similarity metric: COSINE, L2 or IP.")
     provider: str = Field("offline", description="Provider for both embedder and describer.")
@@ -291,6 +323,17 @@ class Settings(BaseSettings):
     @property
     def effective_index_params(self) -> dict[str, Any]:
         return {**DEFAULT_INDEX_PARAMS[self.index_type], **self.index_params}
+
+    def index_params_for(self, index_type: IndexType, dim: int) -> dict[str, Any]:
+        """Build parameters of ``index_type`` on a vector field of ``dim``: the defaults,
+        IVF_PQ's ``m`` for this field, then ``index_params`` where they were given for this
+        index type (a collection migrated keeps the index type it was built with)."""
+        params = dict(DEFAULT_INDEX_PARAMS[index_type])
+        if index_type is IndexType.IVF_PQ:
+            params["m"] = pq_m(dim)
+        if index_type is self.index_type:
+            params.update(self.index_params)
+        return params
 
     @property
     def effective_search_params(self) -> dict[str, Any]:
