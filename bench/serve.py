@@ -146,16 +146,16 @@ def server(name: str, cmd: list[str], env: dict[str, str], logs: Path) -> Iterat
             proc.kill()
 
 
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of a process and its descendants (live ones)."""
-    total, todo = 0.0, [pid]
+def tree_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of a process and of each of its descendants (live ones), by pid."""
+    out, todo = {}, [pid]
     while todo:
         p = todo.pop()
         with contextlib.suppress(OSError):
-            total += common.cpu_seconds(p)
+            out[p] = common.cpu_seconds(p)
             for task in Path(f"/proc/{p}/task").iterdir():
                 todo += [int(c) for c in (task / "children").read_text().split()]
-    return total
+    return out
 
 
 async def one_request(
@@ -228,7 +228,11 @@ def measure(
     cpu0, mil0, load0 = tree_cpu(srv["pid"]), common.cpu_seconds(milvus_pid), common.loadavg()
     log, wall = asyncio.run(load(srv["base"], args.clients, args.seconds, texts, images))
     out = figures(log, wall)
-    out["server_cpu_s"] = round(tree_cpu(srv["pid"]) - cpu0, 1)
+    cpu1 = tree_cpu(srv["pid"])
+    spent = {p: cpu1[p] - cpu0.get(p, 0.0) for p in cpu1}
+    out["server_cpu_s"] = round(sum(spent.values()), 1)
+    # how evenly the kernel spread the clients' connections over the processes
+    out["cpu_s_per_process"] = sorted((round(v, 1) for v in spent.values() if v > 1), reverse=True)
     out["milvus_cpu_s"] = round(common.cpu_seconds(milvus_pid) - mil0, 1)
     out["loadavg"] = [load0, common.loadavg()]
     print(f"[{srv['name']}] {out}", flush=True)
