@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 CONSISTENCY = "Session"
 #: Milvus before 2.4 allows one vector field per collection.
 MULTI_VECTOR_VERSION = (2, 4)
+#: Index types Milvus Lite accepts at creation but cannot load (``LiteBackend``).
+LITE_UNSUPPORTED = ("IVF_PQ", "DISKANN")
 
 
 class StoreError(RuntimeError):
@@ -176,7 +178,15 @@ class Backend:
 
     def collection_options(self) -> dict[str, Any]:
         """Extra arguments for ``create_collection``."""
-        return {"consistency_level": CONSISTENCY}
+        options: dict[str, Any] = {"consistency_level": CONSISTENCY}
+        if self.settings.shards is not None:
+            options["num_shards"] = self.settings.shards
+        return options
+
+    def check_collection(self, index_type: str) -> None:
+        """Refuse, before anything is created, a collection this kind of Milvus accepts but
+        cannot serve. A server decides for itself: its refusal (say, DISKANN without
+        ``queryNode.enableDisk``, or more than 16 shards) arrives as a ``StoreError``."""
 
     def flush(self, names: list[str]) -> None:
         """Persist what was written: unflushed rows are replayed from the log after a server
@@ -249,6 +259,22 @@ class LiteBackend(Backend):
     def collection_options(self) -> dict[str, Any]:
         return {}
 
+    def check_collection(self, index_type: str) -> None:
+        """Milvus Lite 3.2 creates an IVF_PQ or DISKANN collection, then fails to load it
+        once written ("reserved for a future phase", "unknown index_type", measured), and
+        ignores ``num_shards``: refuse both now rather than a broken store later."""
+        if index_type in LITE_UNSUPPORTED:
+            server = "embedded:DIR or a server URI" if index_type == "IVF_PQ" else "a server URI"
+            raise StoreError(
+                f"Milvus Lite ({self.uri!r}) cannot build {index_type} indexes; use HNSW, "
+                f"IVF_FLAT or FLAT here, or {index_type} on a Milvus server ({server})"
+            )
+        if (self.settings.shards or 1) > 1:
+            raise StoreError(
+                f"Milvus Lite ({self.uri!r}) keeps one shard per collection; unset shards, "
+                "or use a Milvus server (embedded:DIR or a server URI) for more"
+            )
+
     def flush(self, names: list[str]) -> None:
         """Nothing to do: Milvus Lite writes through."""
 
@@ -264,6 +290,16 @@ class EmbeddedBackend(Backend):
     running for the next commands while this process holds it."""
 
     hint = "see `mmsearch server status` and the logs in the server's folder"
+
+    def check_collection(self, index_type: str) -> None:
+        """The embedded server's build of Milvus 2.3 has no DiskANN: its index node fails
+        every DISKANN build ("bad_function_call") and retries it forever, so segments are
+        never indexed (measured). ``queryNode.enableDisk`` cannot add what is not built in."""
+        if index_type == "DISKANN":
+            raise StoreError(
+                f"the embedded Milvus server ({self.uri!r}) is built without DiskANN; use "
+                "IVF_PQ or HNSW here, or DISKANN on a Milvus server with queryNode.enableDisk"
+            )
 
     def present(self) -> bool:
         return embedded.base_dir_of(self.uri).exists()

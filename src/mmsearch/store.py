@@ -32,7 +32,7 @@ from mmsearch.backends import (
     StoreError,
     backend_for,
 )
-from mmsearch.config import Settings
+from mmsearch.config import IndexType, Settings
 from mmsearch.filters import literal
 from mmsearch.lexical import TOKENS_FIELD, row_tokens
 from mmsearch.schema import (
@@ -70,6 +70,8 @@ log = logging.getLogger(__name__)
 META_KEY = "mmsearch.meta"
 #: Rows per page when copying a collection (migrations) or reading many ids.
 PAGE = 1000
+#: DiskANN's ``search_list`` may reach max(this, 10·k) on Milvus 2.3 (knowhere refuses more).
+DISKANN_MAX_LIST = 200
 
 
 @dataclass(frozen=True)
@@ -214,22 +216,28 @@ class Store:
             )
 
     def _create(self, name: str, meta: dict[str, Any]) -> None:
+        kind = IndexType(meta["index_type"])
+        self.backend.check_collection(kind.value)  # before anything exists
         vectors = {IMAGE_FIELD: meta["dim"], TEXT_FIELD: meta["dim"]}
         if meta.get("feature_dim"):
             vectors[FEATURE_FIELD] = meta["feature_dim"]
         if not self.split:
-            self._create_one(name, vectors, meta)
+            self._create_one(name, vectors, meta, kind)
         else:
             for field, d in vectors.items():
                 if field != IMAGE_FIELD:
-                    self._create_one(self._side(field, name), {field: d}, None)
-            self._create_one(name, {IMAGE_FIELD: meta["dim"]}, meta)
+                    self._create_one(self._side(field, name), {field: d}, None, kind)
+            self._create_one(name, {IMAGE_FIELD: meta["dim"]}, meta, kind)
         if name == self.collection:
             self._loaded = True  # create_collection with index params loads it
         log.info("created collection %s at %s (%s)", name, self.uri, meta)
 
     def _create_one(
-        self, collection: str, vectors: dict[str, int], meta: dict[str, Any] | None
+        self,
+        collection: str,
+        vectors: dict[str, int],
+        meta: dict[str, Any] | None,
+        kind: IndexType,
     ) -> None:
         from pymilvus import DataType, MilvusClient
 
@@ -244,12 +252,12 @@ class Store:
             schema.add_field(name, DataType.FLOAT_VECTOR, dim=d)
 
         index_params = self.client.prepare_index_params()
-        for name in vectors:
+        for name, d in vectors.items():  # per field: IVF_PQ's m must divide its dimension
             index_params.add_index(
                 field_name=name,
-                index_type=meta["index_type"] if meta else self.settings.index_type.value,
+                index_type=kind.value,
                 metric_type=meta["metric"] if meta else self.settings.metric.value,
-                params=self.settings.effective_index_params,
+                params=self.settings.index_params_for(kind, d),
             )
         self.client.create_collection(
             collection,
@@ -557,13 +565,17 @@ class Store:
         min_ef: int = 0,
     ) -> list[list[Hit]]:
         """Nearest neighbours of each query vector in ``field``; one hit list per query.
-        ``min_ef`` raises HNSW's ``ef`` for queries unlike the stored vectors (texts mapped
-        into an image space), which need a wider search for the same recall."""
+        ``min_ef`` widens a graph search (HNSW's ``ef``; DiskANN's ``search_list`` as far as
+        Milvus allows) for queries unlike the stored vectors (texts mapped into an image
+        space), which need a wider search for the same recall. IVF's ``nprobe`` stays."""
         vectors = np.atleast_2d(np.asarray(vectors, np.float32))
         self._load()
         params = dict(self.settings.effective_search_params)
         if "ef" in params:  # HNSW refuses ef < k
             params["ef"] = max(int(params["ef"]), k, min_ef)
+        if "search_list" in params:  # DiskANN refuses one outside [k, max(200, 10·k)]
+            wanted = max(int(params["search_list"]), k, min_ef)
+            params["search_list"] = min(wanted, max(DISKANN_MAX_LIST, 10 * k))
         results = self.client.search(
             self._collection_of(field),
             data=vectors.tolist(),
