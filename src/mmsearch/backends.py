@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 from collections import Counter
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,16 @@ class ProviderMismatchError(StoreError):
 
 class InvalidFilterError(StoreError):
     """A filter expression Milvus cannot parse or apply; the message quotes it and says why."""
+
+
+@dataclass(frozen=True)
+class ImportTarget:
+    """How to bulk-import files into a server (``bulkload.py``): its gRPC address
+    (host:port), the token, and a folder it can read the import files from."""
+
+    address: str
+    token: str
+    folder: Path
 
 
 class CheckedClient:
@@ -188,6 +199,12 @@ class Backend:
         cannot serve. A server decides for itself: its refusal (say, DISKANN without
         ``queryNode.enableDisk``, or more than 16 shards) arrives as a ``StoreError``."""
 
+    def import_target(self) -> ImportTarget | None:
+        """Where bulk-import files go, or None where mmsearch cannot bulk-import: Milvus
+        Lite has no import, and a server reads import files only from its own object
+        storage (MinIO/S3), whose credentials mmsearch does not hold."""
+        return None
+
     def flush(self, names: list[str]) -> None:
         """Persist what was written: unflushed rows are replayed from the log after a server
         restart, and stay invisible until then (~25 s, measured)."""
@@ -320,6 +337,17 @@ class EmbeddedBackend(Backend):
             raise StoreError(f"cannot open Milvus at {self.uri!r}: {exc.strerror}{where}") from exc
         self._holder = embedded.add_holder(base_dir)
         return info.uri, token
+
+    def import_target(self) -> ImportTarget | None:
+        """The server's local storage is this machine's disk: it reads import files from
+        any path, so they go in DIR (owner-only, beside the data) through the forwarder."""
+        self.client  # noqa: B018 - connecting starts the server if it is not running
+        base_dir = embedded.base_dir_of(self.uri)
+        info = embedded.status(base_dir)
+        if info is None:  # restarting right now: the caller upserts instead
+            return None
+        token = embedded.client_token(base_dir)
+        return ImportTarget(f"127.0.0.1:{info.port}", token, base_dir / "bulk-import")
 
     def _catch_up(self, names: list[str]) -> None:
         """Nothing to wait for: the supervisor reports the server ready only once the log

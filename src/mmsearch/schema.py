@@ -231,9 +231,20 @@ def truncate(value: str, limit: int) -> str:
 
 def row_record(row: Row) -> dict[str, Any]:
     """A row as Milvus stores it: text cut to the VARCHAR limits, vectors as float lists."""
-    it = row.item
+    record = item_record(row.item)
+    record[IMAGE_FIELD] = np.asarray(row.image_embedding, np.float32).tolist()
+    record[TEXT_FIELD] = np.asarray(row.text_embedding, np.float32).tolist()
+    if row.image_feature is not None:
+        record[FEATURE_FIELD] = np.asarray(row.image_feature, np.float32).tolist()
+    return record
+
+
+def item_record(it: Item) -> dict[str, Any]:
+    """An item's scalar fields as Milvus stores them (text cut to the VARCHAR limits): the
+    part of ``row_record`` that bulk import writes beside vectors kept as arrays (a million
+    rows' vectors as Python float lists would cost minutes)."""
     keywords = json.dumps(it.keywords, ensure_ascii=False)
-    record: dict[str, Any] = {
+    return {
         "id": it.id,
         "origin": truncate(it.origin, _limit("origin")),
         "label": truncate(it.label, _limit("label")),
@@ -249,12 +260,7 @@ def row_record(row: Row) -> dict[str, Any]:
         "ocr_text": truncate(it.ocr_text, _limit("ocr_text")),
         "ocr_confidence": float(it.ocr_confidence),
         "ocr_version": truncate(it.ocr_version, _limit("ocr_version")),
-        IMAGE_FIELD: np.asarray(row.image_embedding, np.float32).tolist(),
-        TEXT_FIELD: np.asarray(row.text_embedding, np.float32).tolist(),
     }
-    if row.image_feature is not None:
-        record[FEATURE_FIELD] = np.asarray(row.image_feature, np.float32).tolist()
-    return record
 
 
 def _fact_record(item: Item) -> dict[str, Any]:

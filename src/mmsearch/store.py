@@ -21,7 +21,7 @@ import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -45,11 +45,15 @@ from mmsearch.schema import (
     Hit,
     Item,
     Row,
+    item_record,
     output_fields,
     row_record,
     scalar_fields,
     upgrade_record,
 )
+
+if TYPE_CHECKING:
+    from mmsearch.bulkload import BulkReport
 
 __all__ = [
     "FEATURE_FIELD",
@@ -372,6 +376,36 @@ class Store:
             records = [{k: v for k, v in r.items() if k not in SIDE_FIELDS} for r in records]
         result = self.client.upsert(name, records)
         return int(result.get("upsert_count", len(records)))
+
+    def bulk_write(
+        self, rows: Iterable[Row], *, method: str = "auto", expected_rows: int | None = None
+    ) -> BulkReport:
+        """Write many rows, by upserts or by Milvus's bulk import, whichever is faster for
+        their number (``bulkload.write``: the entry point, its guarantees and its measured
+        crossover). A file indexed before is replaced, never stored twice."""
+        from mmsearch import bulkload
+
+        return bulkload.write(self, rows, method=method, expected_rows=expected_rows)
+
+    def stored_scalars(self, items: Sequence[Item]) -> list[dict[str, Any]]:
+        """Each item's scalar fields as this collection stores them (its layout's fields,
+        with the lexical terms computed from the texts), as ``_write`` writes them: what
+        bulk import puts beside the vectors."""
+        keep = [f.name for f in scalar_fields(self.schema_version)]
+        records = [item_record(it) for it in items]
+        if TOKENS_FIELD in keep:
+            records = [{**r, TOKENS_FIELD: row_tokens(r)} for r in records]
+        return [{k: r[k] for k in ("id", *keep)} for r in records]
+
+    def vector_layout(self) -> dict[str, list[str]]:
+        """Collection name -> the vector fields it holds, in the order writes go (side
+        collections first, the main one last: its rows mark files as indexed)."""
+        fields = [IMAGE_FIELD, TEXT_FIELD] + ([FEATURE_FIELD] if self.has_feature_field() else [])
+        out: dict[str, list[str]] = {}
+        for field in reversed(fields):
+            out.setdefault(self._collection_of(field), []).append(field)
+        main = out.pop(self.collection)
+        return {**out, self.collection: sorted(main, key=fields.index)}
 
     def delete(self, ids: Sequence[str]) -> None:
         if ids:
