@@ -100,7 +100,8 @@ CUTOFF_WINDOW = 50
 CLASSIFIER_DESCRIBERS = ("offline",)
 #: HNSW ef for texts mapped into ``image_feature``: they lie far from the stored image
 #: vectors, and recall@10 against exact search at 100k rows was 0.956 at ef 1024, 0.981 at
-#: 2048 and 0.991 at 4096 (``bench/hybrid.py``); every other mode has 1.0 at 1024.
+#: 2048 and 0.991 at 4096 (``bench/hybrid.py``); every other mode has 1.0 at 1024. With
+#: DISKANN it raises ``search_list`` as far as Milvus allows; IVF's ``nprobe`` stays.
 TEXT_FEATURE_EF = 4096
 #: Image->image similarity of the same picture (re-saved, resized), by metric.
 NEAR_IDENTICAL = {"COSINE": 0.95, "IP": 0.95, "L2": -0.1}
