@@ -22,7 +22,8 @@ import pytest
 from PIL import Image
 
 from mmsearch import Settings
-from mmsearch.batching import batching
+from mmsearch.api import ServedSearch
+from mmsearch.batching import BatchingEmbedder, batching
 from mmsearch.providers import get_embedder
 
 from .conftest import LION, REVERSE, _free_port
@@ -209,3 +210,13 @@ def test_an_image_the_model_cannot_take_fails_only_its_own_query(cache_dir):
             np.testing.assert_allclose(g.shared, inner.embed_images([images[i]]).shared, atol=1e-5)
     assert embedder.batcher.stats["images"].retried_alone > 0
     embedder.close()
+
+
+def test_only_servers_batch_queries(settings):
+    """On a Lite file searches run one at a time under the lock: no batcher to wait in."""
+    lite = ServedSearch(settings=settings)
+    assert lite.query_embedder is lite.embedder
+    remote = ServedSearch(settings=settings.model_copy(update={"uri": "http://127.0.0.1:9"}))
+    assert isinstance(remote.query_embedder, BatchingEmbedder)
+    remote.close()
+    lite.close()

@@ -62,7 +62,7 @@ from mmsearch.filters import build as build_filters
 from mmsearch.guard import COOKIE, COOKIE_DAYS, Access, Guard, is_loopback
 from mmsearch.images import ImageError, decode_image, media_type, read_indexed
 from mmsearch.ingest import IngestReport
-from mmsearch.providers import ProviderError
+from mmsearch.providers import Embedder, ProviderError
 from mmsearch.search import MAX_K, Mode, QueryError, Results, Searcher, check_query
 from mmsearch.sources import SourceError
 from mmsearch.store import InvalidFilterError, Item, StoreError
@@ -121,11 +121,15 @@ class WriteLock:
 class ServedSearch(MMSearch):
     """``MMSearch`` as the server uses it: queries are embedded through a
     ``BatchingEmbedder``, so that concurrent requests share model calls; ingest (uploads,
-    folders, the watcher) and OCR use the embedder as it is, in their own batches."""
+    folders, the watcher) and OCR use the embedder as it is, in their own batches. Not on
+    a Milvus Lite file: there searches run one at a time under the lock, and a batch would
+    only ever hold one query, after waiting for others."""
 
     @cached_property
-    def query_embedder(self) -> BatchingEmbedder:
+    def query_embedder(self) -> Embedder:
         s = self.settings
+        if s.is_lite:
+            return self.embedder
         return batching(self.embedder, wait_ms=s.query_batch_wait_ms, max_batch=s.query_batch_max)
 
     @cached_property
@@ -135,7 +139,7 @@ class ServedSearch(MMSearch):
     def close(self) -> None:
         batcher = self.__dict__.pop("query_embedder", None)
         self.__dict__.pop("searcher", None)
-        if batcher is not None:
+        if isinstance(batcher, BatchingEmbedder):
             batcher.close()
         super().close()
 
