@@ -7,17 +7,19 @@ Both servers run on the same embedded Milvus server and answer from the same col
 release before ``--workers``), checked out into a worktree and run with this venv's
 Python and ``PYTHONPATH`` pointing at its ``src``. Each server gets its own port.
 
-Load: ``--clients`` concurrent clients for ``--seconds`` each, one server at a time, every
-client a loop of requests on one keep-alive connection: 2 in 3 text queries (class names
-and flickr8k captions in English and Chinese, ``text2image`` or ``text2text``), 1 in 3
-image queries (the 100 ``reverse_image_search`` test photos, none of them indexed, as
-320-px JPEGs, ``image2image`` or ``image2text``), the same seeded sequence for both
-servers. Before its run each server answers a warm-up round (models loaded in every
-worker). Measured per server: completed requests per second, latency p50/p95/p99 (all,
-and per kind), errors (any answer but 200, or a failed request), the CPU seconds of the
-server's processes and of Milvus; then the ratios new / previous.
+Load: rounds of ``--clients`` concurrent clients for ``--seconds``, one server at a time,
+in ``--order`` (default prev, new, new, prev: drift in the machine's other work hits both
+alike), every client a loop of requests on one keep-alive connection: 2 in 3 text
+queries (class names and flickr8k captions in English and Chinese, ``text2image`` or
+``text2text``), 1 in 3 image queries (the 100 ``reverse_image_search`` test photos, none
+of them indexed, as 320-px JPEGs, ``image2image`` or ``image2text``), the same seeded
+sequence in every round. Both servers are started and warmed up first (models loaded in
+every worker). Measured per server, over its rounds and per round: completed requests per
+second, latency p50/p95/p99 (all, and per kind), errors (any answer but 200, or a failed
+request), the CPU seconds of the server's processes (per process: how evenly the
+connections were spread) and of Milvus; then the ratios new / previous.
 
-    python bench/serve.py                      # 150 images, 50 clients x 60 s each
+    python bench/serve.py                      # 150 images, 4 rounds of 50 clients x 60 s
     python bench/serve.py --seconds 20 --order new,prev
 
 Writes bench/results/serve-<time>.json and serve-latest.json.
@@ -49,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402 - bench/common.py
 
 from mmsearch import MMSearch, embedded  # noqa: E402
+from mmsearch.sources import SourceItem  # noqa: E402
 
 PREV_COMMIT = "9819593"
 COLLECTION = "bench_serve"
@@ -91,8 +94,6 @@ def index_collection(uri: str, n: int, cache_dir: Path) -> dict[str, Any]:
     with MMSearch(settings=settings) as mm:
         if mm.store.exists():
             mm.store.drop()
-        from mmsearch.sources import SourceItem
-
         started = time.perf_counter()
         report = mm.index([SourceItem(p, p.stem.split("_", 1)[1]) for p in files])
         if report.indexed != n or report.failed:
@@ -220,38 +221,56 @@ def figures(log: list[tuple[str, int, float]], wall: float) -> dict[str, Any]:
     }
 
 
-def measure(
+def one_round(
     srv: dict, milvus_pid: int, args: argparse.Namespace, texts: list[str], images: list[bytes]
 ) -> dict[str, Any]:
-    """Warm the server up (every worker loads its models), then the timed load."""
-    asyncio.run(load(srv["base"], args.clients, args.warmup, texts, images))
+    """One timed round of load on a server: its log, wall time, CPU and load average."""
     cpu0, mil0, load0 = tree_cpu(srv["pid"]), common.cpu_seconds(milvus_pid), common.loadavg()
     log, wall = asyncio.run(load(srv["base"], args.clients, args.seconds, texts, images))
-    out = figures(log, wall)
     cpu1 = tree_cpu(srv["pid"])
     spent = {p: cpu1[p] - cpu0.get(p, 0.0) for p in cpu1}
-    out["server_cpu_s"] = round(sum(spent.values()), 1)
-    # how evenly the kernel spread the clients' connections over the processes
-    out["cpu_s_per_process"] = sorted((round(v, 1) for v in spent.values() if v > 1), reverse=True)
-    out["milvus_cpu_s"] = round(common.cpu_seconds(milvus_pid) - mil0, 1)
-    out["loadavg"] = [load0, common.loadavg()]
-    print(f"[{srv['name']}] {out}", flush=True)
+    out = {
+        "log": log,
+        "wall": wall,
+        "server_cpu_s": sum(spent.values()),
+        # how evenly the kernel spread the clients' connections over the processes
+        "cpu_s_per_process": sorted((round(v, 1) for v in spent.values() if v > 1), reverse=True),
+        "milvus_cpu_s": common.cpu_seconds(milvus_pid) - mil0,
+        "loadavg": [load0, common.loadavg()],
+    }
+    shown = {k: v for k, v in figures(log, wall).items() if k not in ("text", "image")}
+    print(f"[{srv['name']}] {shown} loadavg {out['loadavg']}", flush=True)
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=150, help="images indexed")
-    ap.add_argument("--clients", type=int, default=50)
-    ap.add_argument("--seconds", type=float, default=60.0)
-    ap.add_argument("--warmup", type=float, default=10.0, help="seconds of load before each")
-    ap.add_argument("--prev", default=PREV_COMMIT, help="commit of the previous release")
-    ap.add_argument("--order", default="prev,new", help="which server is measured first")
-    args = ap.parse_args()
-    machine = common.machine_info()
-    texts, images = common.text_queries(200), query_images()
-    prev_src = prev_worktree(args.prev) / "src"
-    check_prev(prev_src)
+def pooled(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """A server's figures over all its rounds, and each round's own."""
+    log = [r for rnd in rounds for r in rnd["log"]]
+    out = figures(log, sum(rnd["wall"] for rnd in rounds))
+    out["server_cpu_s"] = round(sum(rnd["server_cpu_s"] for rnd in rounds), 1)
+    out["cpu_ms_per_request"] = round(1000 * out["server_cpu_s"] / max(1, len(log)), 1)
+    out["milvus_cpu_s"] = round(sum(rnd["milvus_cpu_s"] for rnd in rounds), 1)
+    out["rounds"] = [
+        {
+            **{k: v for k, v in figures(rnd["log"], rnd["wall"]).items() if k in ROUND_KEYS},
+            "server_cpu_s": round(rnd["server_cpu_s"], 1),
+            "cpu_s_per_process": rnd["cpu_s_per_process"],
+            "loadavg": rnd["loadavg"],
+        }
+        for rnd in rounds
+    ]
+    return out
+
+
+ROUND_KEYS = ("requests", "errors", "requests_per_s", "p50_ms", "p95_ms", "p99_ms")
+
+
+def run_servers(
+    args: argparse.Namespace, texts: list[str], images: list[bytes], prev_src: Path
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Index the collection on a fresh embedded server, start both servers on it, warm
+    both up (every worker loads its models), then load them in turn, round by round in
+    ``--order``; the collection's figures and each server's, pooled over its rounds."""
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     cache_dir = common.offline_settings().cache_dir  # class-name vectors, Milvus binaries
     base_dir = work / "milvus"
@@ -266,19 +285,25 @@ def main() -> None:
             "MMSEARCH_PROVIDER": "offline",
             "MMSEARCH_OCR": "0",
         }
-        commands = {
-            "prev": ([sys.executable, "-m", "mmsearch.cli"], {**env, "PYTHONPATH": str(prev_src)}),
-            "new": ([sys.executable, "-m", "mmsearch.cli"], env),
-        }
-        results: dict[str, Any] = {}
-        for name in args.order.split(","):
-            cmd, server_env = commands[name]
-            with server(name, cmd, server_env, work) as srv:
-                srv["name"] = name
-                results[name] = measure(srv, info.milvus_pid, args, texts, images)
+        envs = {"prev": {**env, "PYTHONPATH": str(prev_src)}, "new": env}
+        rounds: dict[str, list[dict[str, Any]]] = {"prev": [], "new": []}
+        with contextlib.ExitStack() as stack:
+            servers = {}
+            for name in ("prev", "new"):
+                cmd = [sys.executable, "-m", "mmsearch.cli"]
+                servers[name] = stack.enter_context(server(name, cmd, envs[name], work))
+                servers[name]["name"] = name
+                asyncio.run(load(servers[name]["base"], args.clients, args.warmup, texts, images))
+            for name in args.order.split(","):
+                rounds[name].append(one_round(servers[name], info.milvus_pid, args, texts, images))
     finally:
         embedded.stop_server(base_dir)
-    prev, new = results["prev"], results["new"]
+        shutil.rmtree(work, ignore_errors=True)
+    return collection, {name: pooled(r) for name, r in rounds.items()}
+
+
+def compare(prev: dict[str, Any], new: dict[str, Any]) -> tuple[dict, dict]:
+    """The ratios new / previous, and whether the issue's target is met."""
     ratios = {
         "throughput_new_over_prev": round(new["requests_per_s"] / prev["requests_per_s"], 2),
         "p50_new_over_prev": round(new["p50_ms"] / prev["p50_ms"], 3),
@@ -290,6 +315,26 @@ def main() -> None:
         "throughput_at_least_2x": ratios["throughput_new_over_prev"] >= 2.0,
         "p95_at_most_half": ratios["p95_new_over_prev"] <= 0.5,
     }
+    return ratios, target
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=150, help="images indexed")
+    ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--seconds", type=float, default=60.0, help="seconds per round")
+    ap.add_argument("--warmup", type=float, default=10.0, help="seconds of load before each")
+    ap.add_argument("--prev", default=PREV_COMMIT, help="commit of the previous release")
+    ap.add_argument(
+        "--order", default="prev,new,new,prev", help="rounds, in order (ABBA: drift hits both)"
+    )
+    args = ap.parse_args()
+    machine = common.machine_info()
+    texts, images = common.text_queries(200), query_images()
+    prev_src = prev_worktree(args.prev) / "src"
+    check_prev(prev_src)
+    collection, results = run_servers(args, texts, images, prev_src)
+    ratios, target = compare(results["prev"], results["new"])
     result = {
         "bench": "serve",
         "machine": machine,
@@ -304,14 +349,13 @@ def main() -> None:
             "query_texts": len(texts),
             "query_images": len(images),
         },
-        "prev": prev,
-        "new": new,
+        "prev": results["prev"],
+        "new": results["new"],
         "ratios": ratios,
         "target_met": target,
     }
     path = common.save_results("serve", result)
     print(f"ratios {ratios} target {target}\nwrote {path}")
-    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
