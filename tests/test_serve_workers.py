@@ -104,6 +104,19 @@ async def _queries(base: str, n: int, images: list[bytes]) -> list[httpx.Respons
     return await asyncio.gather(*(one(i) for i in range(n + 1)))
 
 
+async def _guarded(base: str, n: int) -> list[httpx.Response]:
+    """``n`` requests the guard refuses, each on a connection of its own: a foreign Host
+    (DNS rebinding) and, without an API token configured, indexing."""
+
+    async def one(i: int) -> httpx.Response:
+        async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+            if i % 2:
+                return await http.get("/api/v1/search?q=x", headers={"Host": "evil.example"})
+            return await http.post("/api/v1/index/folder", json={"path": "/"})
+
+    return await asyncio.gather(*(one(i) for i in range(n)))
+
+
 def _milvus_on(base: Path) -> list[int]:
     from mmsearch.embedded import _cwd, _milvus_processes
 
@@ -138,6 +151,9 @@ def test_two_workers_share_one_embedded_server_and_one_watcher(
         assert answers[-1].status_code == 415
         first = {r.json()["query"]: r.json()["hits"][0]["label"] for r in answers[:-1]}
         assert first["狮子"] == "lion" and first["披萨"] == "pizza"
+        refused = asyncio.run(_guarded(base, 20))  # the same guard whichever worker answers
+        assert [r.status_code for r in refused] == [403, 400] * 10
+        assert all(r.headers["x-content-type-options"] == "nosniff" for r in answers + refused)
         # Each worker that answered a search holds the embedded server (a holder file named
         # by its pid); the one server runs still, no other was started.
         holders = {int(p.name) for p in (embedded_server / "holders").iterdir()}
