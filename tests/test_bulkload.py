@@ -4,7 +4,11 @@ Milvus Lite file gets upserts (it has no import)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,3 +146,38 @@ def test_lite_upserts(tmp_path):
             store.bulk_write(_rows(0, 3, gaps=False), method="import")
     finally:
         store.close()
+
+
+KILLED = """
+import sys
+sys.path.insert(0, sys.argv[3])
+from mmsearch import Settings
+from mmsearch.store import Store
+from test_bulkload import N, _rows
+store = Store(Settings(uri=sys.argv[1], collection=sys.argv[2]))
+store.open(embedder="fake", dim=8, feature_dim=4)
+store.bulk_write(_rows(0, N), method="import")
+"""
+
+
+def test_killed_run_is_finished_without_duplicates(pair):
+    """kill -9 once the import files exist (side imports submitted or about to be): the
+    rerun waits for the dead run's imports, then upserts what they stored."""
+    store, _ = pair
+    folder = store.backend.import_target().folder
+    here = str(Path(__file__).resolve().parent)
+    args = [sys.executable, "-c", KILLED, store.uri, store.collection, here]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(list(folder.glob("run-*/*.parquet"))) < 3 and time.monotonic() < deadline:
+        assert proc.poll() is None
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.kill()
+    proc.wait()
+    report = store.bulk_write(_rows(0, N), method="import")
+    assert report.rows == N
+    counts = _counts(store)
+    assert counts[store.collection] == N
+    assert counts[f"{store.collection}__{TEXT_FIELD}"] == N
+    assert not list(folder.glob("run-*"))

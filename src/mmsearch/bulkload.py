@@ -124,7 +124,7 @@ def write(
     if method not in ("auto", "upsert", "import"):
         raise ValueError(f"method must be auto, upsert or import, not {method!r}")
     began = time.perf_counter()
-    target = None if method == "upsert" else store.backend.import_target()
+    target = store.backend.import_target()
     if method == "import" and target is None:
         raise StoreError(
             f"bulk import is not available for {store.uri!r}: only the embedded server "
@@ -132,13 +132,18 @@ def write(
             "from its own object storage). Use method='upsert'"
         )
     stream: Iterator[Row] = iter(rows)
-    if method == "auto" and target is not None and (expected_rows or 0) < BULK_IMPORT_MIN_ROWS:
+    use_import = target is not None and method != "upsert"
+    if method == "auto" and use_import and (expected_rows or 0) < BULK_IMPORT_MIN_ROWS:
         head = list(islice(stream, BULK_IMPORT_MIN_ROWS))
-        if len(head) < BULK_IMPORT_MIN_ROWS:
-            target = None  # few rows: upserts are as fast and become visible at once
+        use_import = len(head) >= BULK_IMPORT_MIN_ROWS  # fewer: upserts are sooner
         stream = chain(head, stream)
     importer = None if target is None else _Importer(store, target)
-    report = _upsert_all(store, stream) if importer is None else importer.run(stream)
+    if importer is not None and use_import:
+        report = importer.run(stream)
+    else:
+        if importer is not None:  # an upsert racing a killed run's import would double
+            importer.finish_abandoned()
+        report = _upsert_all(store, stream)
     report.seconds = round(time.perf_counter() - began, 3)
     return report
 
@@ -290,6 +295,12 @@ class _Importer:
                     if time.monotonic() > deadline:
                         raise StoreError(f"imported rows of {name!r} not visible in time")
                     time.sleep(POLL_SECONDS)
+
+    def finish_abandoned(self) -> None:
+        """``_finish_abandoned_runs`` for a write that upserts (if any run was left)."""
+        if any(self.target.folder.glob("run-*")):
+            with _Rpc(self.target) as self.rpc:
+                self._finish_abandoned_runs()
 
     def _finish_abandoned_runs(self) -> None:
         """Wait for the import tasks of runs killed before they finished (their folders
