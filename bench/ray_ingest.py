@@ -72,7 +72,9 @@ def one_run(settings, paths: list[Path], options: RayOptions | None) -> dict:
         # Until the first batch was written: for Ray, actors starting and loading models.
         "first_batch_s": round(first_at - started, 2),
         # After it: the rate a long run settles at.
-        "steady_images_per_second": round((last_done - first_done) / (last_at - first_at), 2),
+        "steady_images_per_second": (
+            round((last_done - first_done) / (last_at - first_at), 2) if last_at > first_at else 0.0
+        ),
         "stage_seconds": {k: round(v, 2) for k, v in report.stages.items()},
         "loadavg": common.loadavg(),
     }

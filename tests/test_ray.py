@@ -93,8 +93,18 @@ def _actor_pids(stage: str) -> set[int]:
 
 
 def test_a_model_actor_killed_mid_run_costs_nothing(
-    cluster, embedded_server, cache_dir, local_rows
+    cluster, embedded_server, cache_dir, local_rows, monkeypatch
 ):
+    """Also the bulk-import path: from bulkload's crossover on (here lowered to 50 files),
+    rows come back to the driver and go in by Milvus's bulk import."""
+    from mmsearch import bulkload
+
+    monkeypatch.setattr(bulkload, "BULK_IMPORT_MIN_ROWS", 50)
+    writes: list[bulkload.BulkReport] = []
+    real_write = bulkload.write
+    monkeypatch.setattr(
+        bulkload, "write", lambda *a, **kw: writes.append(real_write(*a, **kw)) or writes[-1]
+    )
     settings = _settings(embedded_server, cache_dir, "raykill", batch_size=8)
     killed: list[int] = []
 
@@ -110,6 +120,7 @@ def test_a_model_actor_killed_mid_run_costs_nothing(
         report = mm.index(REVERSE_CSV, ray=RayOptions(actors=1), progress=kill_once)
         assert killed, "the run ended before the kill"
         assert (report.indexed, report.failed) == (100, [])
+        assert [(w.method, w.imported) for w in writes] == [("import", 100)]
         assert _rows(mm).keys() == local_rows.keys()  # exactly 100 rows, none twice
 
 

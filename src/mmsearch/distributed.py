@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from mmsearch import enrich
+from mmsearch import bulkload, enrich
 from mmsearch.config import Settings
 from mmsearch.ingest import (
     Ingestor,
@@ -50,7 +50,7 @@ from mmsearch.ingest import (
 )
 from mmsearch.providers import Describer, Embedder, get_describer, get_embedder
 from mmsearch.sources import SourceItem
-from mmsearch.store import KnownFile, Store, StoreError
+from mmsearch.store import KnownFile, Row, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -106,20 +106,51 @@ class RayIngestor(Ingestor):
             return
         known = self.writer.known([i for i, _ in files])
         items = [{"file": _File(i, s, known.get(i))} for i, s in files]
+        # At least this many files are new: from bulkload's crossover on, and where the
+        # store can import, rows come back to this process and go in by bulk import.
+        new = len(files) - len(known)
+        bulk = new >= bulkload.BULK_IMPORT_MIN_ROWS and self.store.backend.import_target()
         with _ray_session(self.options.address):
-            done = 0
-            for part in _stream(self.settings, self.options, items, self._open_args()):
-                part_total, part.total = part.total, 0
-                report.add(part)
-                done += part_total
-                if progress:
-                    progress(done, len(files))
+            parts = _stream(self.settings, self.options, items, self._open_args(), bool(bulk))
+            counted = self._count(parts, report, progress, len(files))
+            if bulk:
+                written = self.store.bulk_write(_rows_of(counted, self.writer), expected_rows=new)
+                report.indexed += written.rows
+            else:
+                for _ in counted:
+                    pass
         _see_all_writes(self.store)
+
+    @staticmethod
+    def _count(
+        parts: Iterator[tuple[IngestReport, Mapped | None]],
+        report: IngestReport,
+        progress: ProgressCallback | None,
+        total: int,
+    ) -> Iterator[Mapped | None]:
+        """Each batch's report counted into ``report`` (and the progress bar) as it comes."""
+        done = 0
+        for part, mapped in parts:
+            part_total, part.total = part.total, 0
+            report.add(part)
+            done += part_total
+            if progress:
+                progress(done, total)
+            yield mapped
 
     def _open_args(self) -> dict[str, Any]:
         """What the actors pass to ``Store.open`` (the driver created the collection)."""
         embedder = self.mapper.embedder
         return {"embedder": embedder.name, "dim": embedder.dim, "create": False}
+
+
+def _rows_of(mapped: Iterator[Mapped | None], writer: Writer) -> Iterator[Row]:
+    """The new rows of each batch, for a bulk write; its file facts and moved files' old
+    rows are written at once, as the writer actors would."""
+    for batch in mapped:
+        assert batch is not None
+        write_mapped(Mapped([], batch.refresh, batch.moved), writer, IngestReport())
+        yield from batch.rows
 
 
 def _see_all_writes(store: Store) -> None:
@@ -143,9 +174,14 @@ def refuse_lite(settings: Settings, what: str) -> None:
 
 
 def _stream(
-    settings: Settings, options: RayOptions, items: list[dict[str, Any]], open_args: dict
-) -> Iterator[IngestReport]:
-    """Run the dataset; yield each batch's report as its rows are written."""
+    settings: Settings,
+    options: RayOptions,
+    items: list[dict[str, Any]],
+    open_args: dict,
+    bulk: bool = False,
+) -> Iterator[tuple[IngestReport, Mapped | None]]:
+    """Run the dataset; yield each batch's report as its rows are written, or (``bulk``)
+    with its rows, which the caller writes."""
     import ray
 
     actors, actor_cpus, gpus = _pool_shape(options, ray.cluster_resources())
@@ -163,15 +199,17 @@ def _stream(
         num_cpus=actor_cpus,
         num_gpus=gpus,
     )
-    ds = ds.map_batches(
-        _WriteStage,
-        fn_constructor_kwargs={"settings": settings, "open_args": open_args},
-        batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=options.writers),
-        num_cpus=READ_CPUS,
-    )
+    if not bulk:
+        ds = ds.map_batches(
+            _WriteStage,
+            fn_constructor_kwargs={"settings": settings, "open_args": open_args},
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=options.writers),
+            num_cpus=READ_CPUS,
+        )
     for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        yield from out["report"]
+        mapped = out["mapped"] if bulk else [None] * len(out["report"])
+        yield from zip(out["report"], mapped, strict=True)
 
 
 def _pool_shape(options: RayOptions, resources: dict[str, float]) -> tuple[int, float, int]:
