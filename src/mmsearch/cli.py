@@ -590,13 +590,7 @@ def serve(
 
     extra_hosts = {"allowed_hosts": [*_settings().allowed_hosts, *(allowed_host or [])]}
     settings = _settings(**extra_hosts)
-    if workers > 1 and settings.is_lite:
-        _fail(
-            ValueError(
-                f"--workers {workers} needs a Milvus server: {settings.uri} is a Milvus Lite "
-                "file, which only one process can open; use embedded:DIR or a server URI"
-            )
-        )
+    _check_workers(settings, workers)
     exposed = not is_loopback(host)
     if exposed and not public and settings.read_token is None and settings.api_token is None:
         _fail(
@@ -618,6 +612,17 @@ def serve(
         return
     app_ = create_app(settings, listen_host=host, public=public, watch=watch or [])
     uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+def _check_workers(settings: Settings, workers: int) -> None:
+    """Refuse several workers on a Milvus Lite file, saying why, before anything starts."""
+    if workers > 1 and settings.is_lite:
+        _fail(
+            ValueError(
+                f"--workers {workers} needs a Milvus server: {settings.uri} is a Milvus Lite "
+                "file, which only one process can open; use embedded:DIR or a server URI"
+            )
+        )
 
 
 def _serve_workers(
