@@ -46,6 +46,7 @@ from mmsearch.ingest import (
     Reader,
     Writer,
     map_batch,
+    unchanged_by_stat,
     write_mapped,
 )
 from mmsearch.providers import Describer, Embedder, get_describer, get_embedder
@@ -105,14 +106,22 @@ class RayIngestor(Ingestor):
         if not files:
             return
         known = self.writer.known([i for i, _ in files])
-        items = [{"file": _File(i, s, known.get(i))} for i, s in files]
+        # Files unchanged by size and time are counted here: a rerun over an unchanged
+        # folder starts no workers (the model actors alone take ~12 s to start).
+        same = unchanged_by_stat(files, known)
+        report.unchanged += len(same)
+        if progress:
+            progress(len(same), len(files))
+        items = [{"file": _File(i, s, known.get(i))} for i, s in files if i not in same]
+        if not items:
+            return
         # At least this many files are new: from bulkload's crossover on, and where the
         # store can import, rows come back to this process and go in by bulk import.
         new = len(files) - len(known)
         bulk = new >= bulkload.BULK_IMPORT_MIN_ROWS and self.store.backend.import_target()
         with _ray_session(self.options.address):
             parts = _stream(self.settings, self.options, items, self._open_args(), bool(bulk))
-            counted = self._count(parts, report, progress, len(files))
+            counted = self._count(parts, report, progress, len(same), len(files))
             if bulk:
                 written = self.store.bulk_write(_rows_of(counted, self.writer), expected_rows=new)
                 report.indexed += written.rows
@@ -126,10 +135,11 @@ class RayIngestor(Ingestor):
         parts: Iterator[tuple[IngestReport, Mapped | None]],
         report: IngestReport,
         progress: ProgressCallback | None,
+        done: int,
         total: int,
     ) -> Iterator[Mapped | None]:
-        """Each batch's report counted into ``report`` (and the progress bar) as it comes."""
-        done = 0
+        """Each batch's report counted into ``report`` (and the progress bar, from ``done``
+        files) as it comes."""
         for part, mapped in parts:
             part_total, part.total = part.total, 0
             report.add(part)

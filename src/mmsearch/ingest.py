@@ -523,6 +523,22 @@ def list_files(
     return unique_files(source, limit)
 
 
+def unchanged_by_stat(
+    files: Sequence[tuple[str, SourceItem]], known: dict[str, KnownFile]
+) -> set[str]:
+    """Ids of the files the store holds with the same size and modification time: a run
+    skips them without reading a byte (a distributed run without starting its workers)."""
+    same = set()
+    for file_id, item in files:
+        stored = known.get(file_id)
+        if stored is None or item.refused:
+            continue
+        with contextlib.suppress(ImageError):  # gone or unreadable: the reader says why
+            if stored.same_stat(_file_facts(item.path)):
+                same.add(file_id)
+    return same
+
+
 def files_to_do(
     store: Store, source: Path | Sequence[SourceItem], limit: int | None, *, follow_symlinks: bool
 ) -> int:
