@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -137,14 +137,15 @@ def server(request, tmp_path_factory, cache_dir):
 
 
 @contextlib.contextmanager
-def serving(env: dict[str, str], cwd: Path) -> Iterator[tuple[str, int]]:
-    """`mmsearch serve` in a subprocess on a free loopback port, with ``env`` added to this
-    process's environment; yields (base URL, pid) once it answers, stops it afterwards."""
+def serving(env: dict[str, str], cwd: Path, args: Sequence[str] = ()) -> Iterator[tuple[str, int]]:
+    """`mmsearch serve ARGS` in a subprocess on a free loopback port, with ``env`` added to
+    this process's environment; yields (base URL, pid) once it answers, stops it afterwards.
+    Its output goes to ``serve_log(cwd, base)``."""
     port = _free_port()
-    log = cwd / f"serve-{port}.log"  # a file, not a pipe nobody reads (it would fill up)
-    with log.open("wb") as out:
+    log = serve_log(cwd, f"http://127.0.0.1:{port}")
+    with log.open("wb") as out:  # a file, not a pipe nobody reads (it would fill up)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mmsearch.cli", "serve", "--port", str(port)],
+            [sys.executable, "-m", "mmsearch.cli", "serve", "--port", str(port), *args],
             env={**os.environ, **env},
             cwd=cwd,
             stdout=out,
@@ -152,22 +153,25 @@ def serving(env: dict[str, str], cwd: Path) -> Iterator[tuple[str, int]]:
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180  # --workers starts several processes
         while time.monotonic() < deadline:
-            try:
+            with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{base}/api/v1/health", timeout=1).status_code == 200:
                     break
-            except httpx.HTTPError:
-                pass
             if proc.poll() is not None:
-                raise RuntimeError(f"server died: {log.read_text(errors='replace')[-2000:]}")
+                raise RuntimeError(f"server died: {log.read_text(errors='replace')[-3000:]}")
             time.sleep(0.3)
         else:
-            raise TimeoutError("server did not start")
+            raise TimeoutError(f"server did not start: {log.read_text(errors='replace')[-3000:]}")
         yield base, proc.pid
     finally:
         proc.terminate()
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def serve_log(cwd: Path, base: str) -> Path:
+    """Where ``serving`` writes the output of the server at ``base``."""
+    return cwd / f"serve-{base.rsplit(':', 1)[1]}.log"

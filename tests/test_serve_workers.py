@@ -26,7 +26,7 @@ from mmsearch.api import ServedSearch
 from mmsearch.batching import BatchingEmbedder, batching
 from mmsearch.providers import get_embedder
 
-from .conftest import LION, REVERSE, _free_port
+from .conftest import LION, REVERSE, serve_log, serving
 
 pytestmark = pytest.mark.datasets
 
@@ -56,35 +56,8 @@ def _workers(pid: int) -> set[int]:
 @contextlib.contextmanager
 def _serve(args: list[str], env: dict[str, str], cwd: Path) -> Iterator[tuple[str, int, Path]]:
     """``mmsearch serve ARGS`` on a free loopback port; yields (base URL, pid, log file)."""
-    port = _free_port()
-    log = cwd / f"serve-{port}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mmsearch.cli", "serve", "--port", str(port), *args],
-            env={**os.environ, **env},
-            cwd=cwd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/api/v1/health", timeout=1).status_code == 200:
-                    break
-            if proc.poll() is not None:
-                raise RuntimeError(f"server died: {log.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.3)
-        else:
-            raise TimeoutError(f"server did not start: {log.read_text(errors='replace')[-3000:]}")
-        yield base, proc.pid, log
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with serving(env, cwd, args) as (base, pid):
+        yield base, pid, serve_log(cwd, base)
 
 
 async def _queries(base: str, n: int, images: list[bytes]) -> list[httpx.Response]:
