@@ -4,10 +4,12 @@ Milvus Lite file gets upserts (it has no import)."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -54,15 +56,29 @@ def _store(uri: str, collection: str) -> Store:
     return store
 
 
-@pytest.fixture
-def pair(embedded_server):
-    """Two fresh collections on the embedded server."""
-    uri = f"embedded:{embedded_server}"
-    stores = [_store(uri, f"b_{uuid.uuid4().hex[:12]}") for _ in range(2)]
+@contextlib.contextmanager
+def _fresh(server: Path, n: int) -> Iterator[list[Store]]:
+    """``n`` fresh collections on the embedded server (each costs ~9 s of index setup)."""
+    uri = f"embedded:{server}"
+    stores = [_store(uri, f"b_{uuid.uuid4().hex[:12]}") for _ in range(n)]
     yield stores
     for s in stores:
         s.drop()
         s.close()
+
+
+@pytest.fixture
+def pair(embedded_server):
+    """Two fresh collections on the embedded server."""
+    with _fresh(embedded_server, 2) as stores:
+        yield stores
+
+
+@pytest.fixture
+def one(embedded_server):
+    """One fresh collection on the embedded server."""
+    with _fresh(embedded_server, 1) as stores:
+        yield stores[0]
 
 
 def _dump(store: Store, ids: list[str]) -> dict[str, dict]:
@@ -102,17 +118,17 @@ def test_import_stores_what_upserts_store(pair):
     assert hits[0].id == "id5"
 
 
-def test_rerun_does_not_duplicate(pair, monkeypatch):
-    store, _ = pair
+def test_rerun_does_not_duplicate(one, monkeypatch):
+    store, n = one, 1500  # two files, then one, at 1,000 rows a file
     monkeypatch.setattr(bulkload, "FILE_ROWS", 1000)  # several files and presence checks
-    store.bulk_write(_rows(0, N), method="import")
+    store.bulk_write(_rows(0, n), method="import")
     # Half stored already (upserted: replaced), half new (imported), and an id met again
     # in a later file (upserted over its import at the end).
-    again = _rows(N // 2, N + N // 2)
+    again = _rows(n // 2, n + n // 2)
     again[-1].item.description = "changed"
-    report = store.bulk_write([*again, _rows(N, N + 1)[0]], method="import")
-    assert (report.imported, report.upserted) == (N // 2, N // 2 + 1)
-    expected = N + N // 2
+    report = store.bulk_write([*again, _rows(n, n + 1)[0]], method="import")
+    assert (report.imported, report.upserted) == (n // 2, n // 2 + 1)
+    expected = n + n // 2
     with_feature = sum(1 for i in range(expected) if i % 7)
     counts = _counts(store)
     assert counts[store.collection] == expected
@@ -122,8 +138,8 @@ def test_rerun_does_not_duplicate(pair, monkeypatch):
     assert len(store.ids_where('origin like "/photos/%"')) == expected
 
 
-def test_auto_upserts_below_the_crossover(pair, monkeypatch):
-    store, _ = pair
+def test_auto_upserts_below_the_crossover(one, monkeypatch):
+    store = one
     report = store.bulk_write(_rows(0, 300))
     assert (report.method, report.rows) == ("upsert", 300)
     monkeypatch.setattr(bulkload, "BULK_IMPORT_MIN_ROWS", 200)
@@ -160,10 +176,10 @@ store.bulk_write(_rows(0, N), method="import")
 """
 
 
-def test_killed_run_is_finished_without_duplicates(pair):
+def test_killed_run_is_finished_without_duplicates(one):
     """kill -9 once the import files exist (side imports submitted or about to be): the
     rerun waits for the dead run's imports, then upserts what they stored."""
-    store, _ = pair
+    store = one
     folder = store.backend.import_target().folder
     here = str(Path(__file__).resolve().parent)
     args = [sys.executable, "-c", KILLED, store.uri, store.collection, here]

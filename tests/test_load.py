@@ -1,6 +1,7 @@
-"""`mmsearch serve` under load on loopback: 50 concurrent clients for 60 s (bounded), text and
-image queries mixed with malformed requests. Valid requests must all succeed; bad ones get
-4xx, never 5xx. Figures go to $MMSEARCH_LOAD_REPORT (JSON) when set.
+"""`mmsearch serve` under load on loopback: 50 concurrent clients for 30 s (bounded;
+MMSEARCH_LOAD_SECONDS), text and image queries mixed with malformed requests. Valid requests
+must all succeed; bad ones get 4xx, never 5xx. Figures go to $MMSEARCH_LOAD_REPORT (JSON)
+when set.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from .conftest import REVERSE
 pytestmark = [pytest.mark.datasets, pytest.mark.slow]
 
 CLIENTS = 50
-SECONDS = float(os.environ.get("MMSEARCH_LOAD_SECONDS", "60"))
+#: 30 s of 50 clients in the suite (no error, no 500); bench/serve.py measures throughput.
+SECONDS = float(os.environ.get("MMSEARCH_LOAD_SECONDS", "30"))
 TEXTS = ["狮子", "lion", "棕色的狗", "a red car", "披萨", "鸟", "castle on a hill", "猫"]
 
 
@@ -78,7 +80,7 @@ async def _client(
             log.append((kind, res.status_code, time.perf_counter() - started))
 
 
-def test_fifty_clients_for_a_minute(server):
+def test_fifty_clients_at_once_no_errors(server):
     images = _query_images()
     log: list[tuple[str, int, float]] = []
     deadline = time.monotonic() + SECONDS

@@ -47,11 +47,10 @@ def _settings(server: Path, cache_dir: Path, collection: str, **more) -> Setting
 
 
 @pytest.fixture(scope="module")
-def local_rows(embedded_server, cache_dir):
-    """The 100 reference images indexed by the local runner: what Ray must reproduce."""
-    with MMSearch(settings=_settings(embedded_server, cache_dir, "local100")) as mm:
-        assert mm.index(REVERSE_CSV).indexed == 100
-        yield _rows(mm)
+def local_rows(reverse_index):
+    """The 100 reference images as the local runner indexed them (the session's Lite
+    copy, which the search tests use too): what Ray must reproduce."""
+    return _rows(reverse_index)
 
 
 def _rows(mm: MMSearch) -> dict[str, dict]:
