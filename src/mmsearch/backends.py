@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
@@ -37,6 +38,28 @@ CONSISTENCY = "Session"
 MULTI_VECTOR_VERSION = (2, 4)
 #: Index types Milvus Lite accepts at creation but cannot load (``LiteBackend``).
 LITE_UNSUPPORTED = ("IVF_PQ", "DISKANN")
+#: How long a call waits for an unreachable Milvus to come back before failing: an embedded
+#: server restarted by its supervisor after a crash serves again within ~25 s (measured).
+RECONNECT_WAIT = 90.0
+#: Calls that may run twice with the same effect, so they are retried when Milvus cannot
+#: be reached mid-call (ids come from paths and writes are upserts). Creating, dropping and
+#: renaming collections are not retried: a second try could fail on the first's success.
+RETRIED_CALLS = frozenset(
+    {
+        "query",
+        "query_iterator",
+        "search",
+        "upsert",
+        "delete",
+        "flush",
+        "has_collection",
+        "describe_collection",
+        "list_collections",
+        "get_load_state",
+        "load_collection",
+        "get_server_version",
+    }
+)
 
 
 class StoreError(RuntimeError):
@@ -81,10 +104,18 @@ class CheckedClient:
         def call(*args: Any, **kwargs: Any) -> Any:
             from pymilvus.exceptions import MilvusException
 
-            try:
-                return attr(*args, **kwargs)
-            except MilvusException as exc:
-                raise self._error(name, kwargs.get("filter"), exc) from None
+            deadline = time.monotonic() + RECONNECT_WAIT
+            pause = 0.5
+            while True:
+                try:
+                    return attr(*args, **kwargs)
+                except MilvusException as exc:
+                    retry = name in RETRIED_CALLS and _unreachable(exc)
+                    if not retry or time.monotonic() + pause > deadline:
+                        raise self._error(name, kwargs.get("filter"), exc) from None
+                    log.warning("Milvus at %r unreachable (%s); retrying", self._uri, name)
+                    time.sleep(pause)
+                    pause = min(pause * 2, 8.0)
 
         return call
 
@@ -99,6 +130,14 @@ class CheckedClient:
         )
 
 
+def _unreachable(exc: Exception) -> bool:
+    """Whether a pymilvus error says the server could not be reached (it may be restarting),
+    as opposed to refusing the request. pymilvus reconnects once on its own and gives up
+    when the server is not back yet: "Fail connecting" (code 2), or gRPC's UNAVAILABLE."""
+    code = getattr(exc, "code", None)
+    return code == 2 or getattr(code, "name", None) == "UNAVAILABLE"
+
+
 def _quiet_milvus_logs() -> None:
     """Keep pymilvus's and Milvus Lite's tracebacks out of the terminal: each failure they
     log also reaches the caller as a ``StoreError`` that says what to do."""
@@ -109,6 +148,8 @@ def _quiet_milvus_logs() -> None:
     logging.getLogger("milvus_lite.server_manager").setLevel(logging.CRITICAL)
     logging.getLogger("pymilvus.client.iterator.query_iterator").setLevel(logging.ERROR)
     logging.getLogger("pymilvus.decorators").setLevel(logging.CRITICAL)
+    # Its failed reconnects log tracebacks; CheckedClient retries and says so in one line.
+    logging.getLogger("pymilvus.client.connection_manager").setLevel(logging.CRITICAL)
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:

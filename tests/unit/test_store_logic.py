@@ -128,3 +128,44 @@ def test_file_facts_are_refreshed_without_touching_vectors(store):
     assert (known.file_size, known.mtime_ns, known.content_hash) == (123, 456, "h1")
     (rec,) = store.get(["id1"], with_vectors=True)
     np.testing.assert_allclose(rec[IMAGE_FIELD], _row(1).image_embedding, rtol=1e-6)
+
+
+class _Flaky:
+    """A client whose calls fail as pymilvus fails while Milvus restarts, ``fails`` times."""
+
+    def __init__(self, fails: int, code: int = 2, message: str = "Fail connecting") -> None:
+        self.fails, self.code, self.message, self.calls = fails, code, message, 0
+
+    def _call(self, *args, **kwargs):
+        from pymilvus.exceptions import MilvusException
+
+        self.calls += 1
+        if self.calls <= self.fails:
+            raise MilvusException(code=self.code, message=self.message)
+        return "done"
+
+    query = upsert = create_collection = _call
+
+
+def test_calls_wait_for_a_restarting_milvus_and_retry_only_what_is_safe(monkeypatch):
+    """Issue 10: a Milvus killed mid-run (the embedded supervisor restarts it) ended the run
+    when pymilvus's one reconnect came too early. Idempotent calls now retry until it is
+    back; creating a collection does not (a retry could fail on the first try's success)."""
+    from mmsearch import backends
+
+    monkeypatch.setattr(backends.time, "sleep", lambda s: None)
+    flaky = _Flaky(fails=3)
+    assert backends.CheckedClient(flaky, "embedded:x").query("c", filter="") == "done"
+    assert flaky.calls == 4
+    once = _Flaky(fails=1)
+    with pytest.raises(StoreError, match="create_collection"):
+        backends.CheckedClient(once, "embedded:x").create_collection("c")
+    assert once.calls == 1
+    # The server answered (a bad filter): not retried.
+    refused = _Flaky(fails=1, code=1100, message="cannot parse")
+    with pytest.raises(InvalidFilterError):
+        backends.CheckedClient(refused, "embedded:x").query("c", filter="x >")
+    assert refused.calls == 1
+    monkeypatch.setattr(backends, "RECONNECT_WAIT", 0.0)  # never back: fails, naming the URI
+    with pytest.raises(StoreError, match="embedded:x"):
+        backends.CheckedClient(_Flaky(fails=99), "embedded:x").upsert("c", [])
