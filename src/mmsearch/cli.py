@@ -695,15 +695,19 @@ def watch(
     from mmsearch.watch import FolderWatcher
 
     settings = _settings()
+
+    def caught_up(reports: list[Any]) -> None:
+        for report in reports:
+            _show_report(report, as_json)
+        if not as_json:
+            console.print(f"watching {', '.join(map(str, watcher.folders))} (Ctrl+C stops)")
+
     try:
         with MMSearch(settings=settings) as mm:
             watcher = FolderWatcher(mm, folders, follow_symlinks=settings.follow_symlinks)
-            for report in watcher.catch_up():
-                _show_report(report, as_json)
-            if not as_json:
-                console.print(f"watching {', '.join(map(str, watcher.folders))} (Ctrl+C stops)")
-            for batch in watcher.changes():
-                _show_change(watcher.apply(batch), as_json)
+            watcher.run(report=lambda change: _show_change(change, as_json), caught_up=caught_up)
+    except KeyboardInterrupt:
+        return
     except (*_USER_ERRORS, NotADirectoryError) as exc:
         _fail(exc)
 

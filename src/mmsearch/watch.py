@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -34,6 +35,8 @@ SETTLE_SECONDS = 0.5
 DEBOUNCE_MS = 800
 #: Files indexed per turn of the lock while catching up.
 CATCH_UP_CHUNK = 256
+#: How often the watching thread looks at its stop event, in milliseconds.
+WATCH_TICK_MS = 250
 
 
 @dataclass
@@ -87,32 +90,70 @@ class FolderWatcher:
             reports.append(report)
         return reports
 
-    def changes(self, stop: threading.Event | None = None) -> Iterator[set[tuple[int, str]]]:
-        """Batches of (watchfiles.Change, path) until ``stop`` is set."""
+    def run(
+        self,
+        stop: threading.Event | None = None,
+        report: Callable[[Change], None] = lambda c: None,
+        caught_up: Callable[[list[IngestReport]], None] = lambda r: None,
+    ) -> None:
+        """Watch, catch up, then apply changes as they come, until ``stop`` is set; with
+        the ``ocr`` setting on, a thread reads the text of new photos behind.
+
+        The watch starts before the catch-up: a file added while the folders are indexed
+        (minutes, for a big one) is applied after it instead of missed until a restart."""
+        stop = stop or threading.Event()
+        if self.mm.settings.ocr:
+            threading.Thread(target=self.read_text, args=(stop,), daemon=True).start()
+        with self._watching(stop) as batches:
+            caught_up(self.catch_up())
+            for batch in batches:
+                try:
+                    report(self.apply(batch))
+                except Exception:  # one bad batch must not end the watch
+                    log.exception("could not apply %d changes; retried on restart", len(batch))
+
+    @contextlib.contextmanager
+    def _watching(self, stop: threading.Event) -> Iterator[Iterator[set[tuple[int, str]]]]:
+        """Batches of (watchfiles.Change, path) from now until ``stop`` is set, gathered by
+        a thread while the caller does other work (the catch-up); entered once the folders
+        are watched. Leaving the block stops the thread."""
+        done = threading.Event()
+        watching = threading.Event()
+        feed: queue.Queue[set[tuple[int, str]] | BaseException | None] = queue.Queue()
+
+        def gather() -> None:
+            try:
+                for batch in self._changes(_Either(stop, done)):
+                    watching.set()
+                    if batch:
+                        feed.put(batch)
+                feed.put(None)
+            except BaseException as exc:  # the folder went away, no inotify watches left...
+                feed.put(exc)
+            finally:
+                watching.set()
+
+        thread = threading.Thread(target=gather, name="watchfiles", daemon=True)
+        thread.start()
+        watching.wait()
+        try:
+            yield _drain(feed, stop)
+        finally:
+            done.set()
+            thread.join(timeout=5)
+
+    def _changes(self, stop: _Either) -> Iterator[set[tuple[int, str]]]:
         import watchfiles
 
-        yield from watchfiles.watch(
+        return watchfiles.watch(
             *self.folders,
             watch_filter=self._relevant,
             debounce=DEBOUNCE_MS,
             stop_event=stop,
+            rust_timeout=WATCH_TICK_MS,
+            yield_on_timeout=True,  # the first (empty) batch says the folders are watched
             raise_interrupt=False,
         )
-
-    def run(
-        self, stop: threading.Event | None = None, report: Callable[[Change], None] = lambda c: None
-    ) -> None:
-        """Catch up, then apply changes as they come, until ``stop`` is set; with the ``ocr``
-        setting on, a thread reads the text of new photos behind (``read_text``)."""
-        stop = stop or threading.Event()
-        if self.mm.settings.ocr:
-            threading.Thread(target=self.read_text, args=(stop,), daemon=True).start()
-        self.catch_up()
-        for batch in self.changes(stop):
-            try:
-                report(self.apply(batch))
-            except Exception:  # one bad batch must not end the watch
-                log.exception("could not apply %d changes; they are retried on restart", len(batch))
 
     def apply(self, batch: set[tuple[int, str]]) -> Change:
         """Index what was added or modified, remove what was deleted."""
@@ -213,3 +254,28 @@ def _stat(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_size, st.st_mtime_ns
+
+
+class _Either:
+    """Set once either event is (watchfiles takes one object with ``is_set``)."""
+
+    def __init__(self, *events: threading.Event) -> None:
+        self.events = events
+
+    def is_set(self) -> bool:
+        return any(event.is_set() for event in self.events)
+
+
+def _drain(feed: queue.Queue, stop: threading.Event) -> Iterator[set[tuple[int, str]]]:
+    """The batches in ``feed`` until its end (None) or ``stop``; an error there is raised
+    here. Waits in short steps, so that Ctrl+C reaches the main thread at once."""
+    while not stop.is_set():
+        try:
+            item = feed.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        if item is None:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item

@@ -96,3 +96,33 @@ def test_own_folders_and_other_files_are_not_watched(watcher, settings):
     assert not watcher._relevant(MODIFIED, "/tmp/notes.txt")
     assert watcher._relevant(MODIFIED, "/tmp/photo.jpg")
     assert watcher._relevant(DELETED, "/tmp/some-folder")
+
+
+def test_a_file_added_during_the_catch_up_is_not_missed(watcher, photos):
+    """The watch starts before the catch-up: a photo copied in while a big folder is
+    being indexed (CI saw one copied right after) is indexed then, not at the next start."""
+    import threading
+
+    new = photos / "cool" / "added-meanwhile.png"
+    real_catch_up = watcher.catch_up
+
+    def slow_catch_up():
+        reports = real_catch_up()
+        colour_image("white").save(new)  # after the folder was listed, before the watch loop
+        return reports
+
+    watcher.catch_up = slow_catch_up
+    stop, changes = threading.Event(), []
+
+    def seen(change):
+        changes.append(change)
+        if "cool/added-meanwhile.png" in _origins(watcher):
+            stop.set()
+
+    runner = threading.Thread(target=watcher.run, args=(stop, seen))
+    runner.start()
+    stopped = stop.wait(30)
+    stop.set()
+    runner.join(10)
+    assert stopped and not runner.is_alive()
+    assert watcher.mm.store.count() == 6
