@@ -22,7 +22,7 @@ from mmsearch import MMSearch, Settings, embedded
 from mmsearch.distributed import RayOptions
 from mmsearch.store import FEATURE_FIELD, IMAGE_FIELD, TEXT_FIELD, StoreError
 
-from .conftest import REVERSE_CSV
+from .conftest import REVERSE_CSV, _free_port
 
 ray = pytest.importorskip("ray")
 
@@ -36,10 +36,44 @@ VECTORS = (IMAGE_FIELD, TEXT_FIELD, FEATURE_FIELD)
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A local Ray of 2 CPUs, as the issue measured it (whole-CPU actors hung it)."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+    """A local Ray of 2 CPUs, as the issue measured it (whole-CPU actors hung it), started
+    by ``ray start`` in a session of its own, and this process connected to it.
+
+    Why not ``ray.init(num_cpus=2)`` here: it forks Ray's daemons from this process, which
+    by now runs many gRPC threads (earlier tests' Milvus clients), and in one CI run the
+    raylet never started ("timed out during startup", no raylet log). ``ray start`` forks
+    them from a fresh process; its reaper stops them all when it ends.
+    """
+    port = _free_port()
+    head = subprocess.Popen(
+        [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block"]
+        + ["--port", str(port), "--num-cpus", "2", "--include-dashboard", "false"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        # `ray start` turns on token auth, whose token the test's clients would need.
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
+    address = f"127.0.0.1:{port}"
+    try:
+        _connect(address, head)
+        yield address
+    finally:
+        ray.shutdown()
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(60)
+
+
+def _connect(address: str, head: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            ray.init(address=address, log_to_driver=False)
+            return
+        except ConnectionError:
+            assert head.poll() is None, "ray start ended"
+            assert time.monotonic() < deadline, "the Ray head did not start"
+            time.sleep(1)
 
 
 def _settings(server: Path, cache_dir: Path, collection: str, **more) -> Settings:
@@ -209,3 +243,18 @@ def test_the_ocr_pass_runs_on_the_actors_and_reads_what_a_local_pass_reads(
         it.id: it.ocr_text for it in ordered
     }
     assert report.ocr.with_text >= len(truth) - 1  # a text photo or two may read nothing
+
+
+def test_an_address_nothing_answers_on_is_refused_at_once():
+    """`ray.init` retried a closed port for minutes, printing warnings; mmsearch says so
+    in one line instead (the CLI's user error)."""
+    from mmsearch.distributed import RayError, check_reachable
+
+    started = time.monotonic()
+    for address in (f"127.0.0.1:{_free_port()}", f"ray://127.0.0.1:{_free_port()}"):
+        with pytest.raises(RayError, match="cannot reach the Ray cluster"):
+            check_reachable(address)
+    with pytest.raises(RayError, match="bad Ray address"):
+        check_reachable("127.0.0.1")
+    assert time.monotonic() - started < 30
+    check_reachable("auto")

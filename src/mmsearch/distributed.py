@@ -28,10 +28,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -307,6 +309,28 @@ def _limit_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """Refuse at once a cluster address nothing answers on: ``ray.init`` would retry it for
+    minutes, printing a C++ warning every few seconds (measured: > 200 s for a closed
+    port). ``auto`` and no address are Ray's to resolve."""
+    if not address or address == "auto":
+        return
+    parts = urlsplit(address if "://" in address else f"//{address}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError as exc:
+        raise RayError(f"bad Ray address {address!r}: {exc}") from None
+    if not host or port is None:
+        raise RayError(f"bad Ray address {address!r}: give HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise RayError(
+            f"cannot reach the Ray cluster at {address!r}: {exc.strerror or exc}; start it "
+            "(ray start --head) or check the address"
+        ) from None
+
+
 @contextlib.contextmanager
 def _ray_session(address: str | None) -> Iterator[None]:
     """Connect to the cluster (or start a local Ray) for the run, and disconnect after; a
@@ -318,6 +342,7 @@ def _ray_session(address: str | None) -> Iterator[None]:
         raise RayError("--ray needs Ray: pip install 'mmsearch[ray]'") from None
     started = not ray.is_initialized()
     if started:
+        check_reachable(address)
         _quiet_ray()
         try:
             ray.init(
@@ -326,7 +351,7 @@ def _ray_session(address: str | None) -> Iterator[None]:
                 log_to_driver=False,
                 logging_level=logging.WARNING,
             )
-        except (ConnectionError, ValueError, RuntimeError, TimeoutError) as exc:
+        except Exception as exc:  # Ray raises bare Exceptions too ("timed out during startup")
             where = address or "a local Ray"
             raise RayError(f"cannot start or reach {where}: {exc}") from None
     context = DataContext.get_current()
