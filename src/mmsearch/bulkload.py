@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mmsearch import backends
 from mmsearch.backends import ImportTarget, StoreError
 from mmsearch.schema import Row, scalar_fields
 
@@ -391,6 +392,28 @@ class _Rpc:
     def __exit__(self, *exc: object) -> None:
         self.channel.close()
 
+    def _call(self, method: str, request: Any, what: str, *, retry: bool = False) -> Any:
+        """One RPC, its gRPC failure as a ``StoreError``. Reads are retried while Milvus is
+        unreachable (restarting after a crash); an Import is not, as a second one could
+        import the file twice: the run stops, and the next one waits for the imports the
+        server took before it looks at what is stored."""
+        import grpc
+
+        deadline = time.monotonic() + backends.RECONNECT_WAIT
+        while True:
+            try:
+                return getattr(self.stub, method)(request, metadata=self.metadata, timeout=60)
+            except grpc.RpcError as exc:
+                unreachable = exc.code() == grpc.StatusCode.UNAVAILABLE
+                if retry and unreachable and time.monotonic() + POLL_SECONDS < deadline:
+                    time.sleep(POLL_SECONDS)
+                    continue
+                raise StoreError(
+                    f"bulk import failed ({what}): Milvus at {self.target.address}: "
+                    f"{exc.details() or exc.code().name}. Run the command again: it waits "
+                    "for the imports Milvus took and skips the rows stored"
+                ) from None
+
     def _check(self, status: Any, what: str) -> None:
         if status.code != 0 or status.error_code != 0:
             raise StoreError(f"bulk import failed ({what}): {status.reason}")
@@ -398,14 +421,14 @@ class _Rpc:
     def submit(self, collection: str, path: Path) -> int:
         """Start importing one file into ``collection``; the task's id."""
         request = self.pb.ImportRequest(collection_name=collection, files=[str(path)])
-        reply = self.stub.Import(request, metadata=self.metadata, timeout=60)
+        reply = self._call("Import", request, f"import {path.name} into {collection}")
         self._check(reply.status, f"import {path.name} into {collection}")
         return int(reply.tasks[0])
 
     def state(self, task: int) -> int:
         """The task's ImportState; a ``StoreError`` with Milvus's reason if it failed."""
         request = self.pb.GetImportStateRequest(task=task)
-        reply = self.stub.GetImportState(request, metadata=self.metadata, timeout=60)
+        reply = self._call("GetImportState", request, f"state of task {task}", retry=True)
         self._check(reply.status, f"state of import task {task}")
         if reply.state in (FAILED, FAILED_CLEANED):
             reason = {kv.key: kv.value for kv in reply.infos}.get("failed_reason", "")
@@ -420,7 +443,7 @@ class _Rpc:
         chunks = []
         for name in collections:
             request = self.pb.ListImportTasksRequest(collection_name=name, limit=0)
-            reply = self.stub.ListImportTasks(request, metadata=self.metadata, timeout=60)
+            reply = self._call("ListImportTasks", request, f"tasks of {name}", retry=True)
             self._check(reply.status, f"import tasks of {name}")
             for task in reply.tasks:
                 path = {kv.key: kv.value for kv in task.infos}.get("files", "")

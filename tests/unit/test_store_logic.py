@@ -169,3 +169,27 @@ def test_calls_wait_for_a_restarting_milvus_and_retry_only_what_is_safe(monkeypa
     monkeypatch.setattr(backends, "RECONNECT_WAIT", 0.0)  # never back: fails, naming the URI
     with pytest.raises(StoreError, match="embedded:x"):
         backends.CheckedClient(_Flaky(fails=99), "embedded:x").upsert("c", [])
+
+
+def test_bulk_import_rpcs_fail_as_store_errors_and_only_reads_retry(tmp_path, monkeypatch):
+    """A Milvus that died under a 1M-row import ended the run in a raw gRPC traceback
+    (measured). Its RPCs now fail as ``StoreError``s that say what to do; the reads wait
+    for a restart, the Import itself is never sent twice."""
+    import socket
+
+    from mmsearch import backends, bulkload
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    target = backends.ImportTarget(address, "", tmp_path)
+    sleeps: list[float] = []
+    monkeypatch.setattr(bulkload.time, "sleep", sleeps.append)
+    with bulkload._Rpc(target) as rpc:
+        with pytest.raises(StoreError, match="Run the command again"):
+            rpc.submit("c", tmp_path / "rows.parquet")
+        assert sleeps == []
+        monkeypatch.setattr(backends, "RECONNECT_WAIT", 2.0)
+        with pytest.raises(StoreError, match=address):
+            rpc.state(7)
+        assert sleeps  # retried before giving up
