@@ -137,7 +137,8 @@ def searchable(store: Store, n: int, query: np.ndarray) -> dict[str, Any]:
 
 
 def run_method(method: str, n: int, real: dict[str, np.ndarray], workdir: Path) -> dict:
-    """One method at one size on a fresh server; the server and its folder go after."""
+    """One method at one size on a fresh server, stopped after; its folder is removed
+    after a run that worked."""
     base = workdir / f"srv-{method}-{n}"
     settings = common.offline_settings(uri=f"embedded:{base}", collection="bulk")
     embedder = get_embedder(settings)
@@ -160,10 +161,11 @@ def run_method(method: str, n: int, real: dict[str, np.ndarray], workdir: Path) 
         result["client_cpu_s"] = round(common.cpu_seconds() - cpu0, 1)
         result["report"] = report.__dict__ if report else None
         store.close()
-        return result
     finally:
         embedded.stop_server(base)
-        shutil.rmtree(base, ignore_errors=True)
+    # Only after a run that worked: a failed one leaves the server's logs to read.
+    shutil.rmtree(base, ignore_errors=True)
+    return result
 
 
 def finish(store, n, written, write_s, began, make_s, real) -> dict[str, Any]:
