@@ -20,10 +20,11 @@ import os
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mmsearch import embedded
 from mmsearch.config import Settings
@@ -104,18 +105,12 @@ class CheckedClient:
         def call(*args: Any, **kwargs: Any) -> Any:
             from pymilvus.exceptions import MilvusException
 
-            deadline = time.monotonic() + RECONNECT_WAIT
-            pause = 0.5
-            while True:
-                try:
-                    return attr(*args, **kwargs)
-                except MilvusException as exc:
-                    retry = name in RETRIED_CALLS and _unreachable(exc)
-                    if not retry or time.monotonic() + pause > deadline:
-                        raise self._error(name, kwargs.get("filter"), exc) from None
-                    log.warning("Milvus at %r unreachable (%s); retrying", self._uri, name)
-                    time.sleep(pause)
-                    pause = min(pause * 2, 8.0)
+            retried = name in RETRIED_CALLS
+            try:
+                what = f"{name} at {self._uri!r}"
+                return while_unreachable(lambda: attr(*args, **kwargs), retried, what)
+            except MilvusException as exc:
+                raise self._error(name, kwargs.get("filter"), exc) from None
 
         return call
 
@@ -130,11 +125,33 @@ class CheckedClient:
         )
 
 
-def _unreachable(exc: Exception) -> bool:
-    """Whether a pymilvus error says the server could not be reached (it may be restarting),
-    as opposed to refusing the request. pymilvus reconnects once on its own and gives up
-    when the server is not back yet: "Fail connecting" (code 2), or gRPC's UNAVAILABLE."""
+T = TypeVar("T")
+
+
+def while_unreachable(call: Callable[[], T], retry: bool, what: str) -> T:
+    """``call()``, made again (with ``retry``) while it fails because Milvus cannot be
+    reached, for up to RECONNECT_WAIT seconds; then its last error is raised."""
+    deadline = time.monotonic() + RECONNECT_WAIT
+    pause = 0.5
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not (retry and unreachable(exc)) or time.monotonic() + pause > deadline:
+                raise
+            log.warning("Milvus unreachable (%s); retrying", what)
+            time.sleep(pause)
+            pause = min(pause * 2, 8.0)
+
+
+def unreachable(exc: Exception) -> bool:
+    """Whether a pymilvus or gRPC error says the server could not be reached (it may be
+    restarting), as opposed to refusing the request. pymilvus reconnects once on its own
+    and gives up when the server is not back yet: "Fail connecting" (code 2), or gRPC's
+    UNAVAILABLE (a ``grpc.RpcError`` has ``code()``, a ``MilvusException`` ``code``)."""
     code = getattr(exc, "code", None)
+    if callable(code):
+        code = code()
     return code == 2 or getattr(code, "name", None) == "UNAVAILABLE"
 
 

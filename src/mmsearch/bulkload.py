@@ -399,20 +399,17 @@ class _Rpc:
         server took before it looks at what is stored."""
         import grpc
 
-        deadline = time.monotonic() + backends.RECONNECT_WAIT
-        while True:
-            try:
-                return getattr(self.stub, method)(request, metadata=self.metadata, timeout=60)
-            except grpc.RpcError as exc:
-                unreachable = exc.code() == grpc.StatusCode.UNAVAILABLE
-                if retry and unreachable and time.monotonic() + POLL_SECONDS < deadline:
-                    time.sleep(POLL_SECONDS)
-                    continue
-                raise StoreError(
-                    f"bulk import failed ({what}): Milvus at {self.target.address}: "
-                    f"{exc.details() or exc.code().name}. Run the command again: it waits "
-                    "for the imports Milvus took and skips the rows stored"
-                ) from None
+        rpc = getattr(self.stub, method)
+        try:
+            return backends.while_unreachable(
+                lambda: rpc(request, metadata=self.metadata, timeout=60), retry, what
+            )
+        except grpc.RpcError as exc:
+            raise StoreError(
+                f"bulk import failed ({what}): Milvus at {self.target.address}: "
+                f"{exc.details() or exc.code().name}. Run the command again: it waits "
+                "for the imports Milvus took and skips the rows stored"
+            ) from None
 
     def _check(self, status: Any, what: str) -> None:
         if status.code != 0 or status.error_code != 0:

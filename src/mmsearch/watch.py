@@ -116,14 +116,14 @@ class FolderWatcher:
     def _watching(self, stop: threading.Event) -> Iterator[Iterator[set[tuple[int, str]]]]:
         """Batches of (watchfiles.Change, path) from now until ``stop`` is set, gathered by
         a thread while the caller does other work (the catch-up); entered once the folders
-        are watched. Leaving the block stops the thread."""
+        are watched. Leaving the block (``stop``, an error, Ctrl+C) stops the thread."""
         done = threading.Event()
         watching = threading.Event()
         feed: queue.Queue[set[tuple[int, str]] | BaseException | None] = queue.Queue()
 
         def gather() -> None:
             try:
-                for batch in self._changes(_Either(stop, done)):
+                for batch in self._changes(done):
                     watching.set()
                     if batch:
                         feed.put(batch)
@@ -142,7 +142,7 @@ class FolderWatcher:
             done.set()
             thread.join(timeout=5)
 
-    def _changes(self, stop: _Either) -> Iterator[set[tuple[int, str]]]:
+    def _changes(self, stop: threading.Event) -> Iterator[set[tuple[int, str]]]:
         import watchfiles
 
         return watchfiles.watch(
@@ -254,16 +254,6 @@ def _stat(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_size, st.st_mtime_ns
-
-
-class _Either:
-    """Set once either event is (watchfiles takes one object with ``is_set``)."""
-
-    def __init__(self, *events: threading.Event) -> None:
-        self.events = events
-
-    def is_set(self) -> bool:
-        return any(event.is_set() for event in self.events)
 
 
 def _drain(feed: queue.Queue, stop: threading.Event) -> Iterator[set[tuple[int, str]]]:
