@@ -258,3 +258,21 @@ def test_an_address_nothing_answers_on_is_refused_at_once():
         check_reachable("127.0.0.1")
     assert time.monotonic() - started < 30
     check_reachable("auto")
+
+
+def test_the_cli_refuses_a_dead_address_in_one_line_before_anything_starts(
+    tmp_path, cache_dir, monkeypatch
+):
+    from typer.testing import CliRunner
+
+    from mmsearch.cli import app
+
+    monkeypatch.setenv("MMSEARCH_URI", f"embedded:{tmp_path / 'server'}")
+    monkeypatch.setenv("MMSEARCH_CACHE_DIR", str(cache_dir))
+    address = f"127.0.0.1:{_free_port()}"
+    res = CliRunner().invoke(app, ["index", str(REVERSE_CSV), "--ray-address", address])
+    assert res.exit_code == 1
+    # The error alone (wrapped to the terminal), with no progress bar drawn before it.
+    assert res.output.lstrip().startswith("error: cannot reach the Ray cluster"), res.output
+    assert "Traceback" not in res.output
+    assert not (tmp_path / "server").exists()  # no server started, no store opened
