@@ -114,7 +114,8 @@ def make_rows(n: int, real: dict[str, np.ndarray], spent: list[float]) -> Iterat
 
 def searchable(store: Store, n: int, query: np.ndarray) -> dict[str, Any]:
     """Wait until the rows are indexed, served, counted by a Strong read and searchable."""
-    out: dict[str, Any] = dict(common.wait_indexed(store, n))
+    # Index builds grow faster than the rows: 100k upserts took 301 s after the write.
+    out: dict[str, Any] = dict(common.wait_indexed(store, n, timeout=max(1800.0, n / 100)))
     for name in store.collections():
         while True:
             res = store.client.query(
