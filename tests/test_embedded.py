@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -98,6 +99,9 @@ def test_default_store_from_first_index_to_restart(tmp_path, cache_dir):
         assert stopped.returncode == 0 and "stopped" in stopped.stdout
         assert _wait_gone(info["milvus_pid"], 10) and _wait_gone(info["supervisor_pid"], 10)
         assert _cli(tmp_path, env, "server", "status").returncode == 3
+        log = base / "logs" / "supervisor.log"
+        stop_log = log.read_text()
+        assert re.search(r"ended [1-9]\d* etcd sessions", stop_log), stop_log[-2000:]
 
         # The next command starts it again; everything indexed is still there, and the
         # first query does not wait for the cluster clock (Session consistency).
@@ -107,6 +111,8 @@ def test_default_store_from_first_index_to_restart(tmp_path, cache_dir):
         assert first["label"] == "lion" and first["score"] > 0.99
         stats = json.loads(_cli(tmp_path, env, "stats", "--json").stdout)
         assert stats["count"] == 100 and stats["uri"] == "embedded:./mmsearch-milvus"
+        # Its sessions ended with it: the new start did not wait for them to expire.
+        assert "waited for old etcd sessions" not in log.read_text()[len(stop_log) :]
     finally:
         embedded.stop_server(base)
 

@@ -40,7 +40,8 @@ MULTI_VECTOR_VERSION = (2, 4)
 #: Index types Milvus Lite accepts at creation but cannot load (``LiteBackend``).
 LITE_UNSUPPORTED = ("IVF_PQ", "DISKANN")
 #: How long a call waits for an unreachable Milvus to come back before failing: an embedded
-#: server restarted by its supervisor after a crash serves again within ~25 s (measured).
+#: server restarted by its supervisor after a crash serves again in ~30 s (measured: its
+#: old etcd sessions expire first; ``embedded/server.py``).
 RECONNECT_WAIT = 90.0
 #: Calls that may run twice with the same effect, so they are retried when Milvus cannot
 #: be reached mid-call (ids come from paths and writes are upserts). Creating, dropping and
@@ -148,10 +149,14 @@ def unreachable(exc: Exception) -> bool:
     """Whether a pymilvus or gRPC error says the server could not be reached (it may be
     restarting), as opposed to refusing the request. pymilvus reconnects once on its own
     and gives up when the server is not back yet: "Fail connecting" (code 2), or gRPC's
-    UNAVAILABLE (a ``grpc.RpcError`` has ``code()``, a ``MilvusException`` ``code``)."""
+    UNAVAILABLE (a ``grpc.RpcError`` has ``code()``, a ``MilvusException`` ``code``).
+    Also "service not ready" (code 1): a Milvus whose components lost their etcd sessions
+    (stalled past the session TTL) answers that until it exits and is restarted."""
     code = getattr(exc, "code", None)
     if callable(code):
         code = code()
+    if code == 1 and "service not ready" in str(getattr(exc, "message", exc)).lower():
+        return True
     return code == 2 or getattr(code, "name", None) == "UNAVAILABLE"
 
 

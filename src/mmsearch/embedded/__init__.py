@@ -14,8 +14,9 @@ Lifecycle:
 - Every process using the server leaves a *holder* file (its pid) in DIR while connected.
   The supervisor stops the server after ``idle_timeout`` seconds with no live holder and
   no request (``mmsearch server stop`` stops it at once; 0 = never stop when idle).
-- Stopping flushes every collection, then sends SIGTERM (Milvus is configured to finish in
-  3 s, see ``SERVER_CONFIG``) and SIGKILL if it is still running. Flushed data survives.
+- Stopping flushes every collection, ends Milvus's etcd sessions (else the next start
+  waits for them to expire), then sends SIGTERM (Milvus is configured to finish in 3 s,
+  see ``SERVER_CONFIG``) and SIGKILL if it is still running. Flushed data survives.
 - If Milvus dies, the supervisor starts it again on the same data behind the same address;
   clients wait (their connections are held) instead of seeing a half-loaded store.
 - If DIR (or its state file) is deleted, the supervisor stops Milvus and exits.

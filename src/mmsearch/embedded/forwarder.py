@@ -37,7 +37,7 @@ class H2Guard:
     PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
     #: An empty SETTINGS frame: what a server sends first. The forwarder sends it itself to
     #: a client that has to wait for Milvus, so that gRPC does not give up on the connection
-    #: (it waits 20 s for the server's first SETTINGS; a restart after a crash takes ~25 s).
+    #: (it waits 20 s for the server's first SETTINGS; a restart after a crash takes ~30 s).
     EARLY_SETTINGS = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
     HEADERS, SETTINGS, CONTINUATION = 1, 4, 9
     ACK = 0x1

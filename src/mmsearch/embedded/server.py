@@ -25,17 +25,19 @@ class Fatal(Exception):
 
 
 #: Milvus settings for a one-user server. By default Milvus 2.3 spends up to 30 min in its
-#: graceful stop (SIGTERM did not finish in 20 s, measured). And every start, even after a
-#: clean stop, finds the previous process's etcd sessions, which outlive it by their TTL:
-#: until they expire, health checks fail, Strong reads wait and flushes fail ("node not
-#: match"). Fully usable after a stop / after kill -9 (measured): TTL 15 s: 25-28 s;
-#: 10 s: 14 / 15.5 s; 5 s: 8.6 / 11.5 s, the old sessions being gone about when Milvus
-#: answers. The cost: a Milvus stalled for 5 s loses its session and exits, and the
-#: supervisor restarts it. The REST API is off (mmsearch speaks gRPC), and every component
-#: registers 127.0.0.1.
+#: graceful stop (SIGTERM did not finish in 20 s, measured). Every component holds an etcd
+#: session whose lease Milvus keeps alive; a start finds the previous process's sessions
+#: until they expire (health checks fail, Strong reads wait, flushes fail: "node not
+#: match"), so a clean stop ends them (``end_sessions``) and only a crash leaves
+#: them to expire. The TTL is what a stall may last before Milvus loses its sessions and
+#: exits: at 5 s, a 1M-row index build on 2 cores stalled the embedded etcd's fsync for
+#: 3.8 and then 9.4 s (the disk busy writing segments and indexes) and Milvus went down
+#: mid-build. At 20 s, back after a kill -9 in ~30 s (measured; 15 s at TTL 5), after a
+#: clean stop as soon as before. The REST API is off (mmsearch speaks gRPC), and every
+#: component registers 127.0.0.1.
 SERVER_CONFIG: dict[str, Any] = {
     "common.gracefulStopTimeout": 3,
-    "common.session.ttl": 5,
+    "common.session.ttl": 20,
     "proxy.http.enabled": "false",
     # Rows not yet in an indexed segment were searched through a small temporary IVF index
     # whatever the search parameters: recall@10 0.82 at ef=1024 for 6-14 s after an index
@@ -52,6 +54,8 @@ SERVER_CONFIG: dict[str, Any] = {
 #: for anyone who sends the etcd root path "by-dev") listens on every interface at
 #: METRICS_PORT; a port number the kernel refuses keeps it from starting (Milvus only logs).
 DISABLED_PORT = "99999"
+#: Where Milvus's components keep their etcd sessions (``etcd.rootPath``/meta/session/).
+SESSION_PREFIX = "by-dev/meta/session/"
 DEFAULT_ROOT_PASSWORD = "Milvus"  # what Milvus gives root in a new (or pre-auth) folder
 
 
@@ -99,8 +103,9 @@ def _free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def _write_config(base_dir: Path, isolation: str) -> int:
-    """Write ``configs/milvus.yaml`` for this start; returns the port of Milvus's proxy.
+def _write_config(base_dir: Path, isolation: str) -> tuple[int, int]:
+    """Write ``configs/milvus.yaml`` for this start; returns the ports of Milvus's proxy
+    and of its embedded etcd.
 
     In a private namespace Milvus keeps its default ports. Without one the package picks
     free ports, and the embedded etcd, whose ports are not in the package's template, gets
@@ -130,7 +135,7 @@ def _write_config(base_dir: Path, isolation: str) -> int:
         if patched == text:
             raise Fatal(f"cannot set etcd.config.path in {path}")
         path.write_text(patched)
-    return int(config.get("proxy_port"))
+    return int(config.get("proxy_port")), int(config.get("etcd_port"))
 
 
 def _write_etcd_config(base_dir: Path, client: int, peer: int) -> Path:
@@ -146,9 +151,10 @@ def _write_etcd_config(base_dir: Path, client: int, peer: int) -> Path:
     return path
 
 
-def start_milvus(base_dir: Path, isolation: str) -> tuple[subprocess.Popen[bytes], int]:
-    """Start ``milvus run standalone`` in ``base_dir``; the process and its proxy's port."""
-    port = _write_config(base_dir, isolation)
+def start_milvus(base_dir: Path, isolation: str) -> tuple[subprocess.Popen[bytes], int, int]:
+    """Start ``milvus run standalone`` in ``base_dir``; the process and the ports of its
+    proxy and of its etcd."""
+    port, etcd_port = _write_config(base_dir, isolation)
     exe = base_dir / "bin" / "milvus"
     env = {
         **os.environ,
@@ -170,7 +176,42 @@ def start_milvus(base_dir: Path, isolation: str) -> tuple[subprocess.Popen[bytes
             stdout=out,
             stderr=err,
         )
-    return proc, port
+    return proc, port, etcd_port
+
+
+def end_sessions(etcd_port: int, timeout: float = 2.0) -> int:
+    """Delete the components' session keys from Milvus's embedded etcd in one transaction,
+    through etcd's JSON gateway; how many. Called on a clean stop, after the flush, so that
+    the next start need not wait for them to expire. One transaction, because each
+    component exits as its key goes (revoking their leases one by one, the process was gone
+    before the last). Only keys held by a lease: ``session/id`` numbers the servers."""
+    import json
+    from urllib.request import Request, urlopen
+
+    def call(path: str, body: dict[str, Any]) -> dict[str, Any]:
+        request = Request(
+            f"http://127.0.0.1:{etcd_port}/v3/kv/{path}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urlopen(request, timeout=timeout) as reply:  # noqa: S310 - fixed local URL
+            return json.load(reply)
+
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    found = call(
+        "range",
+        {
+            "key": b64(SESSION_PREFIX),
+            "range_end": b64(SESSION_PREFIX[:-1] + "0"),
+            "keys_only": True,
+        },
+    )
+    keys = [kv["key"] for kv in found.get("kvs", []) if kv.get("lease")]
+    if keys:
+        call("txn", {"success": [{"request_delete_range": {"key": key}} for key in keys]})
+    return len(keys)
 
 
 def share_binaries(base_dir: Path, bin_cache: Path) -> None:

@@ -24,6 +24,7 @@ from .isolation import isolate
 from .server import (
     DEFAULT_ROOT_PASSWORD,
     Fatal,
+    end_sessions,
     flush_all,
     healthy,
     milvus_client,
@@ -52,6 +53,8 @@ TICK = 0.5  # checks for a dead Milvus, a deleted folder, a stop request
 #: More restarts than this within RESTART_WINDOW seconds: give up (something is broken).
 MAX_RESTARTS = 5
 RESTART_WINDOW = 600.0
+#: A health wait longer than this after loading is logged: the old sessions were still there.
+SESSION_WAIT_NOTED = 2.0
 
 
 class _Abort(Exception):
@@ -76,6 +79,7 @@ class _Supervisor:
         self.password, self.created = "", False
         self.proc: subprocess.Popen[bytes] | None = None
         self.milvus_port = 0
+        self.etcd_port = 0
         self.restarts: list[float] = []
         self.published = False
         self.started_at = time.time()
@@ -128,7 +132,7 @@ class _Supervisor:
         mark = self.base_dir / FLUSHED_MARK
         replay = not mark.exists()
         mark.unlink(missing_ok=True)  # from now on, the data may change again
-        self.proc, self.milvus_port = start_milvus(self.base_dir, self.isolation)
+        self.proc, self.milvus_port, self.etcd_port = start_milvus(self.base_dir, self.isolation)
         where = "inside its namespace" if self.isolation != "off" else "on all interfaces"
         log.info("milvus pid %d starting, port %d %s", self.proc.pid, self.milvus_port, where)
         began = time.monotonic()
@@ -143,6 +147,8 @@ class _Supervisor:
                 log.warning("Milvus's health check still fails; serving anyway")
                 break
             time.sleep(0.2)
+        if (waited := time.monotonic() - began - loaded) > SESSION_WAIT_NOTED:
+            log.info("healthy %.1f s after loading: waited for old etcd sessions", waited)
         self.check()
         self.forwarder.set_ready(self.milvus_port)
         self.publish("ready")
@@ -284,6 +290,10 @@ class _Supervisor:
                     flushed = True
                 except Exception as exc:  # a failed flush must not keep the server running
                     log.warning("flush before stopping failed: %s", exc)
+            try:  # else the next start waits for this process's sessions to expire
+                log.info("ended %d etcd sessions", end_sessions(self.etcd_port))
+            except Exception as exc:
+                log.warning("ending Milvus's etcd sessions failed: %s", exc)
             proc.terminate()
             try:
                 proc.wait(TERM_GRACE)
