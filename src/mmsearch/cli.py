@@ -21,7 +21,7 @@ from rich.table import Table
 from mmsearch import demo as demo_module
 from mmsearch import duplicates as dup
 from mmsearch.config import IndexType, Language, Metric, Settings, load_settings
-from mmsearch.distributed import RayError, RayOptions, check_reachable
+from mmsearch.distributed import RayError, RayOptions
 from mmsearch.engine import MMSearch
 from mmsearch.enrich import EnrichReport
 from mmsearch.filters import FilterError
@@ -263,10 +263,6 @@ def _ray_options(
         if actors is not None or actor_cpus is not None:
             _fail(ValueError("--actors and --actor-cpus go with --ray"))
         return None
-    try:  # before the progress bar and the store: a dead address is one line, at once
-        check_reachable(address)
-    except RayError as exc:
-        _fail(exc)
     return RayOptions(address=address, actors=actors, actor_cpus=actor_cpus)
 
 

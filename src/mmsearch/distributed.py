@@ -95,9 +95,10 @@ class RayIngestor(Ingestor):
         embedder: Embedder | None = None,
         describer: Describer | None = None,
     ) -> None:
-        refuse_lite(settings, "--ray")
-        super().__init__(settings, store=store, embedder=embedder, describer=describer)
         self.options = options or RayOptions()
+        refuse_lite(settings, "--ray")
+        check_reachable(self.options.address)  # before any listing, store or progress bar
+        super().__init__(settings, store=store, embedder=embedder, describer=describer)
 
     def _run_batches(
         self,
@@ -342,7 +343,6 @@ def _ray_session(address: str | None) -> Iterator[None]:
         raise RayError("--ray needs Ray: pip install 'mmsearch[ray]'") from None
     started = not ray.is_initialized()
     if started:
-        check_reachable(address)
         _quiet_ray()
         try:
             ray.init(
@@ -382,6 +382,7 @@ def enrich_ocr_on_ray(
     from mmsearch.ocr import VERSION
 
     refuse_lite(store.settings, "--ray")
+    check_reachable(options.address)
     started = time.perf_counter()
     ids = enrich.ocr_pending(store, VERSION)[:limit]
     report = enrich.EnrichReport(pending=len(ids))
