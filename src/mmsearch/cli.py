@@ -56,7 +56,8 @@ def _settings(**more: Any) -> Settings:
 def _fail(exc: BaseException) -> NoReturn:
     if _State.debug:
         raise exc
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+    # One line whatever the terminal's width: a wrapped error splits in logs and greps.
+    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
